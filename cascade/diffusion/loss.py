@@ -1,0 +1,60 @@
+"""The training loss: one call to the same denoiser the samplers use.
+
+The error is measured in the network's own output space (ε, v or x0), which is the
+x0-space error weighted by SNR, SNR + 1 or 1 respectively. Min-SNR-γ (Hang et al. 2023)
+replaces that implicit x0-space weight by min(SNR, γ).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .denoiser import Cond, Denoiser, target
+from .schedule import append_dims
+
+
+def implicit_x0_weight(snr: Tensor, parametrization: str) -> Tensor:
+    """The weight on ||x0_hat − x0||² that an unweighted loss in `parametrization` space carries."""
+    if parametrization == "eps":
+        return snr
+    if parametrization == "v":
+        return snr + 1
+    return torch.ones_like(snr)
+
+
+def diffusion_loss(
+    denoiser: Denoiser,
+    x0: Tensor,
+    cond: Cond,
+    *,
+    t: Optional[Tensor] = None,
+    noise: Optional[Tensor] = None,
+    min_snr_gamma: Optional[float] = None,
+    generator: Optional[torch.Generator] = None,
+    reduce: bool = True,
+) -> Tensor:
+    """Mean squared error of the network's prediction at a random t ~ U{0 … T-1} (per sample
+
+    if `reduce` is False). With `min_snr_gamma`, each sample is weighted so that the
+    effective x0-space weight is min(SNR_t, γ).
+    """
+    B = x0.shape[0]
+    T = denoiser.schedule.num_timesteps
+    if t is None:
+        t = torch.randint(0, T, (B,), generator=generator, device="cpu").to(x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device="cpu", dtype=x0.dtype).to(x0.device)
+    alpha, sigma = denoiser.schedule.alpha_sigma(t.cpu())
+    x_t = append_dims(alpha, x0.ndim).to(x0) * x0 + append_dims(sigma, x0.ndim).to(x0) * noise
+    pred, _ = denoiser.predict(x_t, t, cond)
+    param = denoiser.config.parametrization
+    goal = target(x0, noise, append_dims(alpha, x0.ndim).to(x0), append_dims(sigma, x0.ndim).to(x0), param)
+    per_sample = (pred.float() - goal.float()).pow(2).reshape(B, -1).mean(dim=1)
+    if min_snr_gamma is not None:
+        snr = (alpha / sigma) ** 2
+        weight = snr.clamp(max=min_snr_gamma) / implicit_x0_weight(snr, param)
+        per_sample = per_sample * weight.to(per_sample)
+    return per_sample.mean() if reduce else per_sample
