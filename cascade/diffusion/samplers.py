@@ -37,8 +37,9 @@ def _noise_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device if generator is None else generator.device).to(x.device)
 
 
-def _steps_iter(n: int, progress: bool, desc: str):
-    return tqdm(range(n), desc=desc, disable=not progress, leave=False)
+def _steps_iter(n: int, progress: bool | str, desc: str):
+    """range(n), with a progress bar when `progress` is true (a string names the bar)."""
+    return tqdm(range(n), desc=progress if isinstance(progress, str) else desc, disable=not progress, leave=False)
 
 
 @torch.no_grad()
@@ -53,7 +54,7 @@ def sample_ddim(
     eta: float = 0.0,
     spacing: Spacing = "trailing",
     callback: Optional[Callback] = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 is DDPM's posterior."""
     if eta < 0:
@@ -84,7 +85,7 @@ def sample_ddpm(
     *,
     spacing: Spacing = "trailing",
     callback: Optional[Callback] = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> Tensor:
     """Ancestral sampling from the posterior q(x_s | x_t, x0_hat) (Ho et al. 2020, eqs. 6–7),
 
@@ -114,7 +115,7 @@ def sample_dpmpp_2m(
     *,
     spacing: Spacing = "trailing",
     callback: Optional[Callback] = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), multistep in λ = log(α/σ).
 
@@ -154,7 +155,7 @@ def sample_heun(
     *,
     spacing: Spacing = "trailing",
     callback: Optional[Callback] = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> Tensor:
     """Heun's 2nd-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1),
 

@@ -1,0 +1,398 @@
+"""The orchestrator: text → CLIP → prior → decoder → SR-256 → SR-1024, plus variations,
+interpolations and text diffs (DALL·E 2 §3). Every stage runs through one `_run_stage`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .checkpoint import INDEX_NAME, CheckpointError, check_format, index_data, load_stage, read_json, save_stage, \
+    write_json
+from .degrade import lowres_condition
+from .images import load_image, tensor_to_pil
+from .model_config import ModelConfig, load_model_config
+from .stage import ROLES, SamplingConfig, Stage, check_sampling
+
+SIZES = {64: "decoder", 256: "sr256", 1024: "sr1024"}
+DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "shapes"
+
+
+@dataclass
+class CascadeOutput:
+    images: list[Image.Image]  # the final images, prompt-major: prompt 0's n images, then prompt 1's …
+    stages: dict[str, Tensor] = field(default_factory=dict)  # role -> (B, 3, H, W) in [-1, 1]
+    text_embeds: Optional[Tensor] = None  # (B, D) normalised CLIP text embeddings
+    image_embeds: Optional[Tensor] = None  # (B, D) normalised CLIP image embeddings fed to the decoder
+
+
+def slerp(a: Tensor, b: Tensor, frac: Tensor | float) -> Tensor:
+    """Spherical interpolation between unit vectors a and b (B, D) at fraction(s) `frac`."""
+    a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    frac = torch.as_tensor(frac, dtype=a.dtype, device=a.device).reshape(-1, 1)
+    omega = torch.arccos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    out = (torch.sin((1 - frac) * omega) / so) * a + (torch.sin(frac * omega) / so) * b
+    return torch.nn.functional.normalize(out, dim=-1)
+
+
+class CascadePipeline:
+    """CLIP + prior + 64×64 decoder + optional SR-256 and SR-1024, as one generator."""
+
+    def __init__(self, clip: Any, stages: Mapping[str, Stage], progress: bool = True):
+        unknown = sorted(set(stages) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown} (known: {', '.join(ROLES)})")
+        if "decoder" not in stages:
+            raise ValueError("a cascade needs at least its decoder")
+        self.clip = clip
+        self.stages = {role: stages[role] for role in ROLES if role in stages}
+        self.progress = progress
+
+    # ------------------------------------------------------------------ building and I/O
+    @classmethod
+    def from_config(cls, config: ModelConfig | str | Path, seed: int = 0, **kw: Any) -> "CascadePipeline":
+        """A randomly initialised cascade built from a config (the starting point for training)."""
+        from .clip import CLIP
+
+        if not isinstance(config, ModelConfig):
+            config = load_model_config(config)
+        torch.manual_seed(seed)
+        clip = CLIP.from_config(config.clip)
+        stages = {role: Stage(cfg) for role, cfg in config.stages.items()}
+        return cls(clip, stages, **kw).eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, **kw: Any) -> "CascadePipeline":
+        """Load a model folder (default: the model shipped in the package)."""
+        from .clip import CLIP
+
+        path = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        if not path.is_dir():
+            if path == DEFAULT_MODEL_DIR:
+                raise CheckpointError("no default model is shipped in this installation: pass a model folder")
+            raise CheckpointError(f"model folder not found: {path}")
+        index = read_json(path / INDEX_NAME)
+        check_format(index, path / INDEX_NAME)
+        names = index.get("stages", {})
+        if "clip" not in names or "decoder" not in names:
+            raise CheckpointError(f"{path / INDEX_NAME}: a model needs at least 'clip' and 'decoder' stages")
+        unknown = sorted(set(names) - {"clip", *ROLES})
+        if unknown:
+            raise CheckpointError(f"{path / INDEX_NAME}: unknown stage(s) {', '.join(unknown)}")
+        clip = CLIP.from_pretrained(path / "clip")
+        stages = {}
+        for role in ROLES:
+            if role in names:
+                stages[role] = load_stage(path / role, role, expected_class=names[role])
+        return cls(clip, stages, **kw).eval()
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write the model folder (weights cast to `dtype` if given, e.g. torch.float16 to ship)."""
+        path = Path(path)
+        self.clip.save_pretrained(path / "clip")
+        for role, stage in self.stages.items():
+            save_stage(stage, path / role, dtype=dtype)
+        names = {"clip": "CLIP", **{role: s.config.network_class for role, s in self.stages.items()}}
+        write_json(path / INDEX_NAME, index_data(names))  # last: a folder is complete once its index exists
+
+    def to(self, device: torch.device | str) -> "CascadePipeline":
+        self.clip.to(device)
+        for s in self.stages.values():
+            s.to(device)
+        return self
+
+    def eval(self) -> "CascadePipeline":
+        self.clip.eval()
+        for s in self.stages.values():
+            s.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.stages["decoder"].parameters()).device
+
+    @property
+    def sizes(self) -> list[int]:
+        return [size for size, role in SIZES.items() if role in self.stages]
+
+    # ------------------------------------------------------------------ checking requests
+    def _sampling(self, steps: Any = None, guidance: Any = None, sampler: Any = None,
+                  stage_options: Optional[Mapping[str, Mapping[str, Any]]] = None) -> dict[str, SamplingConfig]:
+        """Per-stage sampling settings from the defaults and the overrides, all checked up front.
+
+        `steps`, `guidance`, `sampler` are each a value for every stage or a {role: value} dict.
+        """
+        per_role: dict[str, dict[str, Any]] = {role: {} for role in self.stages}
+        for name, value in (("steps", steps), ("guidance", guidance), ("sampler", sampler)):
+            if value is None:
+                continue
+            items = value.items() if isinstance(value, Mapping) else ((r, value) for r in self.stages)
+            for role, v in items:
+                if role not in self.stages:
+                    raise ValueError(f"{name}: this model has no stage {role!r} (stages: {', '.join(self.stages)})")
+                if v is not None:
+                    per_role[role][name] = v
+        for role, opts in (stage_options or {}).items():
+            if role not in self.stages:
+                raise ValueError(f"stage_options: this model has no stage {role!r} (stages: {', '.join(self.stages)})")
+            per_role[role].update(opts)
+        out = {}
+        for role, changes in per_role.items():
+            default = self.stages[role].config.sampling
+            unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(SamplingConfig)})
+            if unknown:
+                raise ValueError(f"{role}: unknown sampling option(s) {', '.join(unknown)}")
+            merged = {**dataclasses.asdict(default), **changes}
+            try:
+                check_sampling(merged["sampler"], merged["steps"], merged["guidance"])
+            except ValueError as e:
+                raise ValueError(f"{role}: {e}") from None
+            try:
+                out[role] = SamplingConfig(**merged)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{role}: {e}") from e
+            if role.startswith("sr") and out[role].guidance != 1.0:
+                raise ValueError(f"{role}: super-resolution stages are not guided (guidance must be 1)")
+        return out
+
+    def _final_role(self, final_size: Optional[int]) -> str:
+        if final_size is None:
+            return [r for r in ("sr1024", "sr256", "decoder") if r in self.stages][0]
+        if final_size not in SIZES:
+            raise ValueError(f"final_size must be one of 64, 256, 1024, got {final_size!r}")
+        role = SIZES[final_size]
+        if role not in self.stages:
+            raise ValueError(f"this model has no {role} stage, so it cannot make {final_size}×{final_size} images")
+        return role
+
+    @staticmethod
+    def _generator(generator: Optional[torch.Generator], seed: Optional[int]) -> torch.Generator:
+        if generator is not None:
+            return generator
+        g = torch.Generator()
+        if seed is None:
+            g.seed()
+        else:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ValueError(f"seed must be an integer, got {seed!r}")
+            g.manual_seed(seed)
+        return g
+
+    @staticmethod
+    def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
+        if isinstance(prompts, str):
+            return [prompts]
+        if not isinstance(prompts, Sequence) or len(prompts) == 0:
+            raise TypeError(f"prompts must be a string or a non-empty list of strings, got {type(prompts).__name__}")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompt {i} is {type(p).__name__}, not text: {p!r}")
+        return list(prompts)
+
+    @staticmethod
+    def _check_count(n: Any, name: str) -> int:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be a positive integer, got {n!r}")
+        return n
+
+    # ------------------------------------------------------------------ conditions
+    def _encode_text(self, prompts: list[str]):
+        with torch.no_grad():
+            return self.clip.encode_text(prompts)
+
+    def _prior_cond(self, text, drop: Tensor) -> dict[str, Any]:
+        return {"text_embed": text.embed, "text_tokens": text.tokens, "text_mask": text.mask, "text_drop": drop}
+
+    def _decoder_cond(self, image_embed: Tensor, text, image_drop: Tensor, text_drop: Tensor) -> dict[str, Any]:
+        source = self.stages["decoder"].network.config.text_source
+        cond: dict[str, Any] = {"image_embed": image_embed, "image_drop": image_drop}
+        if source == "clip":
+            cond.update(text_embed=text.embed, text_tokens=text.tokens, text_mask=text.mask, text_drop=text_drop)
+        elif source == "own":
+            cond.update(text_ids=text.ids, text_mask=text.mask, text_drop=text_drop)
+        return cond
+
+    def _prior_scale(self) -> float:
+        stage = self.stages["prior"]
+        return stage.config.data_scale or math.sqrt(self.clip.embed_dim)
+
+    # ------------------------------------------------------------------ stages
+    def _run_stage(self, role: str, shape: tuple[int, ...], cond: Mapping[str, Any], uncond: Optional[Mapping[str, Any]],
+                   sampling: SamplingConfig, generator: torch.Generator, noise: Optional[Tensor] = None) -> Tensor:
+        stage = self.stages[role]
+        if noise is None:
+            noise = torch.randn(shape, generator=generator)
+        return stage.sample(shape, cond, uncond, generator=generator, noise=noise.to(self.device),
+                            sampling=sampling, progress=self.progress)
+
+    def _prior(self, text, drop: Tensor, sampling: SamplingConfig, generator: torch.Generator) -> Tensor:
+        """CLIP image embeddings (B, D), normalised; the best of `candidates` draws per text."""
+        k = sampling.candidates
+        B, D = text.embed.shape
+        rep = lambda v: v.repeat_interleave(k, dim=0) if isinstance(v, Tensor) else v  # noqa: E731
+        cond = {key: rep(v) for key, v in self._prior_cond(text, drop).items()}
+        uncond = {**cond, "text_drop": torch.ones_like(cond["text_drop"])}
+        z = self._run_stage("prior", (B * k, D), cond, uncond, sampling, generator)
+        z = torch.nn.functional.normalize(z.float().view(B, k, D), dim=-1)
+        best = (z * text.embed.float().unsqueeze(1)).sum(-1).argmax(dim=1)  # (B,)
+        return z[torch.arange(B), best]
+
+    def _decode(self, image_embed: Tensor, text, text_drop: Tensor, options: Mapping[str, SamplingConfig],
+                final_role: str, generator: torch.Generator, shared_noise: bool = False) -> dict[str, Tensor]:
+        """Decoder then super-resolution up to `final_role`; returns every stage's output."""
+        B = image_embed.shape[0]
+        dec = self.stages["decoder"]
+        res = dec.config.resolution
+        cond = self._decoder_cond(image_embed, text, torch.zeros(B, dtype=torch.bool), text_drop)
+        uncond = self._decoder_cond(image_embed, text, torch.ones(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool))
+        noise = None
+        if shared_noise:
+            noise = torch.randn((1, 3, res, res), generator=generator).expand(B, -1, -1, -1).contiguous()
+        x = self._run_stage("decoder", (B, 3, res, res), cond, uncond, options["decoder"], generator, noise).clamp(-1, 1)
+        outputs = {"decoder": x}
+        for role in ("sr256", "sr1024"):
+            if final_role == "decoder" or (role == "sr1024" and final_role == "sr256"):
+                break
+            stage = self.stages[role]
+            aug = torch.full((B,), options[role].aug_level)
+            lowres = lowres_condition(x, stage.config.resolution, aug, stage.config.augmentation, generator=generator)
+            shape = (B, 3, stage.config.resolution, stage.config.resolution)
+            noise = None
+            if shared_noise:
+                noise = torch.randn((1,) + shape[1:], generator=generator).expand(B, -1, -1, -1).contiguous()
+            x = self._run_stage(role, shape, {"lowres": lowres, "aug_level": aug.to(x.device)}, None,
+                                options[role], generator, noise).clamp(-1, 1)
+            outputs[role] = x
+        return outputs
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        num_images_per_prompt: int = 1,
+        *,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+        steps: Any = None,
+        guidance: Any = None,
+        sampler: Any = None,
+        stage_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        final_size: Optional[int] = None,
+        return_intermediates: bool = False,
+    ) -> list[Image.Image] | CascadeOutput:
+        """Text to images. An empty prompt is unconditional. `steps`, `guidance`, `sampler`: one
+        value for all stages or a {role: value} dict; `stage_options` sets any SamplingConfig field."""
+        prompts = self._check_prompts(prompts)
+        n = self._check_count(num_images_per_prompt, "num_images_per_prompt")
+        if "prior" not in self.stages:
+            raise ValueError("this model has no prior, so it cannot generate from text (use variations)")
+        options = self._sampling(steps, guidance, sampler, stage_options)
+        final_role = self._final_role(final_size)
+        g = self._generator(generator, seed)
+        expanded = [p for p in prompts for _ in range(n)]
+        text = self._encode_text(expanded)
+        drop = torch.tensor([p.strip() == "" for p in expanded], device=text.embed.device)
+        image_embed = self._prior(text, drop, options["prior"], g)
+        outputs = self._decode(image_embed, text, drop, options, final_role, g)
+        return self._finish(outputs, final_role, return_intermediates, text.embed, image_embed)
+
+    def _finish(self, outputs, final_role, return_intermediates, text_embeds, image_embeds):
+        images = tensor_to_pil(outputs[final_role])
+        if not return_intermediates:
+            return images
+        return CascadeOutput(images, outputs, text_embeds, image_embeds)
+
+    def _empty_text(self, B: int):
+        text = self._encode_text([""] * B)
+        return text, torch.ones(B, dtype=torch.bool, device=text.embed.device)
+
+    def encode_images(self, images: Sequence[str | Path | Image.Image] | str | Path | Image.Image) -> Tensor:
+        """Normalised CLIP image embeddings (B, D) of image files or PIL images of any mode."""
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        pil = [load_image(im) for im in images]
+        with torch.no_grad():
+            return self.clip.encode_image(pil).float()
+
+    @torch.no_grad()
+    def variations(self, image: str | Path | Image.Image, n: int = 4, *, generator: Optional[torch.Generator] = None,
+                   seed: Optional[int] = None, steps: Any = None, guidance: Any = None, sampler: Any = None,
+                   final_size: Optional[int] = None, return_intermediates: bool = False):
+        """n new images that keep the content of `image` (decoded from its CLIP image embedding)."""
+        n = self._check_count(n, "n")
+        options = self._sampling(steps, guidance, sampler)
+        final_role = self._final_role(final_size)
+        image_embed = self.encode_images(image).repeat(n, 1)
+        g = self._generator(generator, seed)
+        text, drop = self._empty_text(n)
+        outputs = self._decode(image_embed, text, drop, options, final_role, g)
+        return self._finish(outputs, final_role, return_intermediates, None, image_embed)
+
+    def _embedding_of(self, item: str | Path | Image.Image, options, g: torch.Generator) -> Tensor:
+        """An image's CLIP embedding, or for text (a str that is not an existing file) the prior's."""
+        if isinstance(item, str) and not Path(item).is_file():
+            if "prior" not in self.stages:
+                raise ValueError("text endpoints need a prior, and this model has none")
+            text = self._encode_text([item])
+            drop = torch.tensor([item.strip() == ""], device=text.embed.device)
+            return self._prior(text, drop, options["prior"], g)
+        return self.encode_images(item)
+
+    @torch.no_grad()
+    def interpolate(self, a: str | Path | Image.Image, b: str | Path | Image.Image, n_frames: int = 8, *,
+                    generator: Optional[torch.Generator] = None, seed: Optional[int] = None, steps: Any = None,
+                    guidance: Any = None, sampler: Any = None, final_size: Optional[int] = None,
+                    return_intermediates: bool = False):
+        """Frames along the slerp between two CLIP image embeddings (images, or texts through the
+        prior), decoded with shared noise so that neighbouring frames change smoothly."""
+        n_frames = self._check_count(n_frames, "n_frames")
+        if n_frames < 2:
+            raise ValueError(f"n_frames must be at least 2, got {n_frames}")
+        options = self._sampling(steps, guidance, sampler)
+        options = {r: (dataclasses.replace(o, eta=0.0) if o.sampler == "ddim" else o) for r, o in options.items()}
+        for role, o in options.items():
+            if role != "prior" and o.sampler == "ddpm":
+                raise ValueError(f"{role}: interpolation needs a deterministic sampler (ddim, dpmpp_2m, heun), not ddpm")
+        final_role = self._final_role(final_size)
+        g = self._generator(generator, seed)
+        za, zb = self._embedding_of(a, options, g), self._embedding_of(b, options, g)
+        fracs = torch.linspace(0, 1, n_frames)
+        image_embed = slerp(za.expand(n_frames, -1), zb.expand(n_frames, -1), fracs)
+        text, drop = self._empty_text(n_frames)
+        outputs = self._decode(image_embed, text, drop, options, final_role, g, shared_noise=True)
+        return self._finish(outputs, final_role, return_intermediates, None, image_embed)
+
+    @torch.no_grad()
+    def text_diff(self, image: str | Path | Image.Image, from_text: str, to_text: str,
+                  amount: float | Sequence[float] = 0.5, *, generator: Optional[torch.Generator] = None,
+                  seed: Optional[int] = None, steps: Any = None, guidance: Any = None, sampler: Any = None,
+                  final_size: Optional[int] = None, return_intermediates: bool = False):
+        """Edit an image by the text diff z_d = norm(z_t(to) − z_t(from)): decode slerp(z_i, z_d, amount)
+        (DALL·E 2 §3.3); a list of amounts gives one image each, with shared noise."""
+        for name, t in (("from_text", from_text), ("to_text", to_text)):
+            if not isinstance(t, str):
+                raise TypeError(f"{name} must be text, got {type(t).__name__}")
+        amounts = [amount] if isinstance(amount, (int, float)) else list(amount)
+        if not amounts or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1 for a in amounts):
+            raise ValueError(f"amount must be a number or numbers in [0, 1], got {amount!r}")
+        options = self._sampling(steps, guidance, sampler)
+        final_role = self._final_role(final_size)
+        g = self._generator(generator, seed)
+        z_i = self.encode_images(image)
+        texts = self._encode_text([from_text, to_text])
+        diff = torch.nn.functional.normalize(texts.embed[1:] - texts.embed[:1], dim=-1).float()
+        if not torch.isfinite(diff).all() or (texts.embed[1] - texts.embed[0]).abs().max() == 0:
+            raise ValueError("from_text and to_text have the same CLIP embedding: there is no direction to move in")
+        m = len(amounts)
+        image_embed = slerp(z_i.expand(m, -1), diff.expand(m, -1), torch.tensor(amounts, dtype=torch.float32))
+        text, drop = self._empty_text(m)
+        outputs = self._decode(image_embed, text, drop, options, final_role, g, shared_noise=True)
+        return self._finish(outputs, final_role, return_intermediates, None, image_embed)

@@ -1,0 +1,32 @@
+"""Shared fixtures: a randomly initialised micro cascade, built once per session."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = ROOT / "configs" / "micro.toml"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def micro_config():
+    from cascade.model_config import load_model_config
+
+    return load_model_config(MICRO)
+
+
+@pytest.fixture(scope="session")
+def micro_pipe(micro_config):
+    from cascade.pipeline import CascadePipeline
+
+    return CascadePipeline.from_config(micro_config, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def micro_dir(micro_pipe, tmp_path_factory):
+    path = tmp_path_factory.mktemp("micro") / "model"
+    micro_pipe.save_pretrained(path)
+    return path

@@ -1,0 +1,246 @@
+"""The whole micro cascade end to end: text to 1024, variations, interpolation, text diff,
+save/load bit-exact, and bad input refused before any sampling."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cascade.checkpoint import CheckpointError
+from cascade.pipeline import CascadePipeline, slerp
+from safetensors.torch import load_file, save_file
+
+
+def _arrays(images):
+    return [np.asarray(im) for im in images]
+
+
+def test_text_to_1024_end_to_end(micro_pipe):
+    out = micro_pipe(["a red circle", "a blue square"], 2, seed=3, return_intermediates=True)
+    assert len(out.images) == 4 and all(im.size == (1024, 1024) and im.mode == "RGB" for im in out.images)
+    assert out.stages["decoder"].shape == (4, 3, 64, 64)
+    assert out.stages["sr256"].shape == (4, 3, 256, 256)
+    assert out.stages["sr1024"].shape == (4, 3, 1024, 1024)
+    assert out.image_embeds.shape == (4, 64)
+    assert torch.allclose(out.image_embeds.norm(dim=-1), torch.ones(4), atol=1e-5)
+    for x in out.stages.values():
+        assert x.min() >= -1 and x.max() <= 1
+    # two images of one prompt differ (different noise), prompt order kept
+    a = _arrays(out.images)
+    assert not np.array_equal(a[0], a[1])
+
+
+def test_same_seed_same_bytes_and_final_size(micro_pipe):
+    a = micro_pipe("a red circle", seed=11, final_size=64)
+    b = micro_pipe("a red circle", seed=11, final_size=64)
+    c = micro_pipe("a red circle", seed=12, final_size=64)
+    assert a[0].size == (64, 64)
+    assert a[0].tobytes() == b[0].tobytes()
+    assert a[0].tobytes() != c[0].tobytes()
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert micro_pipe("x", generator=g1, final_size=256)[0].tobytes() == micro_pipe("x", generator=g2, final_size=256)[0].tobytes()
+
+
+def test_per_stage_settings_change_the_work(micro_pipe):
+    calls = []
+    net = micro_pipe.stages["decoder"].network
+    hook = net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        micro_pipe("a", seed=0, final_size=64, steps={"decoder": 3}, guidance={"decoder": 1.0})
+        assert calls == [1, 1, 1]  # 3 steps, no guidance: one unbatched call each
+        calls.clear()
+        micro_pipe("a", seed=0, final_size=64, steps={"decoder": 2}, guidance={"decoder": 2.0})
+        assert calls == [2, 2]  # guidance: conditional and unconditional in one batch
+        calls.clear()
+        micro_pipe("a", seed=0, final_size=64, steps={"decoder": 2}, sampler={"decoder": "heun"}, guidance={"decoder": 1.0})
+        assert calls == [1, 1, 1]  # Heun: 2·steps − 1 evaluations
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"steps": 0}, "steps"),
+    ({"steps": {"decoder": -2}}, "steps"),
+    ({"guidance": -0.5}, "guidance"),
+    ({"sampler": "euler_magic"}, "unknown sampler"),
+    ({"steps": {"refiner": 3}}, "no stage 'refiner'"),
+    ({"final_size": 512}, "final_size"),
+    ({"guidance": {"sr256": 2.0}}, "not guided"),
+    ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
+])
+def test_bad_requests_fail_before_sampling(micro_pipe, kwargs, match):
+    calls = []
+    hooks = [s.network.register_forward_hook(lambda *a: calls.append(1)) for s in micro_pipe.stages.values()]
+    try:
+        with pytest.raises(ValueError, match=match):
+            micro_pipe("a red circle", seed=0, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == []
+
+
+def test_non_text_prompt_is_refused(micro_pipe):
+    with pytest.raises(TypeError, match="prompt 1 is int"):
+        micro_pipe(["ok", 3])
+    with pytest.raises(TypeError):
+        micro_pipe(None)
+
+
+def test_empty_prompt_is_unconditional(micro_pipe):
+    out = micro_pipe(["", "   "], seed=0, final_size=64, return_intermediates=True)
+    # both are dropped to the prior's null text, so with the same noise they give the same embedding
+    g = torch.Generator().manual_seed(0)
+    text = micro_pipe.clip.encode_text(["", "   "])
+    drop = torch.tensor([True, True])
+    opts = micro_pipe._sampling()
+    noise = torch.randn(1, 64, generator=g).repeat(2 * opts["prior"].candidates, 1)
+    stage = micro_pipe.stages["prior"]
+    cond = micro_pipe._prior_cond(text, drop)
+    k = opts["prior"].candidates
+    cond = {key: v.repeat_interleave(k, 0) if isinstance(v, torch.Tensor) else v for key, v in cond.items()}
+    z = stage.sample((2 * k, 64), cond, {**cond}, noise=noise, sampling=opts["prior"])
+    assert torch.allclose(z[0], z[k], atol=1e-5)
+    assert out.images[0].size == (64, 64)
+
+
+def test_save_load_round_trip_is_bit_exact(micro_pipe, micro_dir):
+    loaded = CascadePipeline.from_pretrained(micro_dir, progress=False)
+    for role, stage in micro_pipe.stages.items():
+        a, b = stage.network.state_dict(), loaded.stages[role].network.state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    x = micro_pipe(["a green star"], seed=7, final_size=256)
+    y = loaded(["a green star"], seed=7, final_size=256)
+    assert x[0].tobytes() == y[0].tobytes()
+    index = json.loads((micro_dir / "model_index.json").read_text())
+    assert index["stages"] == {"clip": "CLIP", "prior": "PriorTransformer", "decoder": "Decoder",
+                               "sr256": "SuperRes", "sr1024": "SuperRes"}
+    assert not list(micro_dir.rglob("*.tmp")) and not list(micro_dir.rglob("*.bin")) and not list(micro_dir.rglob("*.pt"))
+
+
+def test_broken_model_folders_are_refused(micro_dir, tmp_path):
+    def copy():
+        d = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(micro_dir, d)
+        return d
+
+    d = copy()
+    (d / "decoder" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing weights file"):
+        CascadePipeline.from_pretrained(d)
+
+    d = copy()
+    w = load_file(str(d / "sr256" / "model.safetensors"))
+    name = sorted(w)[0]
+    del w[name]
+    save_file(w, str(d / "sr256" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"missing weight.*{name}"):
+        CascadePipeline.from_pretrained(d)
+
+    d = copy()
+    w = load_file(str(d / "prior" / "model.safetensors"))
+    w["extra.weight"] = torch.zeros(2)
+    save_file(w, str(d / "prior" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="unexpected weight.*extra.weight"):
+        CascadePipeline.from_pretrained(d)
+
+    d = copy()
+    w = load_file(str(d / "decoder" / "model.safetensors"))
+    name = next(k for k, v in w.items() if v.ndim == 2)
+    w[name] = torch.zeros(w[name].shape[0] + 1, w[name].shape[1])
+    save_file(w, str(d / "decoder" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"{name} has shape"):
+        CascadePipeline.from_pretrained(d)
+
+    d = copy()
+    idx = json.loads((d / "model_index.json").read_text())
+    idx["format_version"] = 99
+    (d / "model_index.json").write_text(json.dumps(idx))
+    with pytest.raises(CheckpointError, match="format version 99"):
+        CascadePipeline.from_pretrained(d)
+
+    d = copy()
+    (d / "decoder" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        CascadePipeline.from_pretrained(d)
+
+    d = copy()
+    cfg = json.loads((d / "decoder" / "config.json").read_text())
+    cfg["config"]["network"]["model_chanels"] = 8
+    (d / "decoder" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="model_chanels"):
+        CascadePipeline.from_pretrained(d)
+
+    with pytest.raises(CheckpointError, match="not found"):
+        CascadePipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def _image(mode, size):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(arr, "RGB").convert(mode)
+
+
+def test_variations(micro_pipe, tmp_path):
+    src = _image("RGB", (64, 64))
+    out = micro_pipe.variations(src, 3, seed=1, final_size=256, return_intermediates=True)
+    assert len(out.images) == 3 and out.images[0].size == (256, 256)
+    z = micro_pipe.encode_images(src)
+    assert torch.allclose(out.image_embeds, z.expand(3, -1))
+    for mode, size in (("RGBA", (40, 30)), ("L", (5, 5)), ("P", (64, 64)), ("1", (17, 9)), ("RGB", (2000, 1500))):
+        imgs = micro_pipe.variations(_image(mode, size), 1, seed=0, final_size=64)
+        assert imgs[0].size == (64, 64)
+    path = tmp_path / "in.png"
+    src.save(path)
+    assert micro_pipe.variations(path, 1, seed=0, final_size=64)[0].size == (64, 64)
+    from cascade.images import ImageError
+
+    with pytest.raises(ImageError, match="not found"):
+        micro_pipe.variations(tmp_path / "missing.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ImageError, match="cannot read"):
+        micro_pipe.variations(tmp_path / "bad.png")
+
+
+def test_interpolation_endpoints_and_shared_noise(micro_pipe):
+    a, b = _image("RGB", (64, 64)), _image("RGB", (64, 64)).transpose(Image.FLIP_LEFT_RIGHT)
+    out = micro_pipe.interpolate(a, b, 5, seed=2, final_size=64, return_intermediates=True)
+    za, zb = micro_pipe.encode_images(a), micro_pipe.encode_images(b)
+    assert torch.allclose(out.image_embeds[0], za[0], atol=1e-5)
+    assert torch.allclose(out.image_embeds[-1], zb[0], atol=1e-5)
+    cos = (out.image_embeds[:-1] * out.image_embeds[1:]).sum(-1)
+    assert torch.allclose(cos, cos[0].expand_as(cos), atol=1e-4)  # equal angular steps
+    # frames with equal embeddings decode identically: the noise is shared
+    same = micro_pipe.interpolate(a, a, 3, seed=2, final_size=64)
+    assert same[0].tobytes() == same[1].tobytes() == same[2].tobytes()
+    # text to text goes through the prior
+    frames = micro_pipe.interpolate("a red circle", "a blue star", 3, seed=0, final_size=64)
+    assert len(frames) == 3
+
+
+def test_text_diff(micro_pipe):
+    src = _image("RGB", (64, 64))
+    out = micro_pipe.text_diff(src, "a red circle", "a blue circle", [0.0, 0.25, 0.5], seed=0, final_size=64,
+                               return_intermediates=True)
+    z = micro_pipe.encode_images(src)
+    assert torch.allclose(out.image_embeds[0], z[0], atol=1e-5)
+    t = micro_pipe.clip.encode_text(["a red circle", "a blue circle"]).embed
+    d = torch.nn.functional.normalize(t[1] - t[0], dim=0)
+    proj = out.image_embeds @ d
+    assert proj[0] < proj[1] < proj[2]  # moving along the diff
+    with pytest.raises(ValueError, match="amount"):
+        micro_pipe.text_diff(src, "a", "b", 1.5)
+    with pytest.raises(TypeError, match="to_text"):
+        micro_pipe.text_diff(src, "a", 3)
+
+
+def test_slerp_closed_form():
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    mid = slerp(a, b, 0.5)
+    assert torch.allclose(mid, torch.tensor([[2**-0.5, 2**-0.5]]))
+    third = slerp(a, b, 1 / 3)
+    assert torch.allclose(third, torch.tensor([[np.cos(np.pi / 6), np.sin(np.pi / 6)]], dtype=torch.float32))
