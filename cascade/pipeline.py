@@ -4,7 +4,6 @@ interpolations and text diffs (DALL·E 2 §3). Every stage runs through one `_ru
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -219,10 +218,6 @@ class CascadePipeline:
             cond.update(text_ids=text.ids, text_mask=text.mask, text_drop=text_drop)
         return cond
 
-    def _prior_scale(self) -> float:
-        stage = self.stages["prior"]
-        return stage.config.data_scale or math.sqrt(self.clip.embed_dim)
-
     # ------------------------------------------------------------------ stages
     def _run_stage(self, role: str, shape: tuple[int, ...], cond: Mapping[str, Any], uncond: Optional[Mapping[str, Any]],
                    sampling: SamplingConfig, generator: torch.Generator, noise: Optional[Tensor] = None) -> Tensor:
@@ -240,7 +235,7 @@ class CascadePipeline:
         cond = {key: rep(v) for key, v in self._prior_cond(text, drop).items()}
         uncond = {**cond, "text_drop": torch.ones_like(cond["text_drop"])}
         z = self._run_stage("prior", (B * k, D), cond, uncond, sampling, generator)
-        z = torch.nn.functional.normalize(z.float().view(B, k, D), dim=-1)
+        z = self.stages["prior"].data_to_embed(z).view(B, k, D)
         best = (z * text.embed.float().unsqueeze(1)).sum(-1).argmax(dim=1)  # (B,)
         return z[torch.arange(B), best]
 

@@ -132,6 +132,19 @@ class Stage(nn.Module):
     def role(self) -> str:
         return self.config.role
 
+    def embed_to_data(self, image_embed: Tensor) -> Tensor:
+        """Prior only: a normalised CLIP image embedding (B, D) in the prior's diffusion space:
+        (z − mean)/std with the network's CLIP statistics (Karlo), else z · data_scale (default √D)."""
+        if getattr(self.network.config, "clip_stats", False):
+            return self.network.normalize_image_embed(image_embed)
+        return image_embed * (self.config.data_scale or image_embed.shape[-1] ** 0.5)
+
+    def data_to_embed(self, x: Tensor) -> Tensor:
+        """Prior only: the inverse of embed_to_data, L2-normalised (what the decoder is given)."""
+        if getattr(self.network.config, "clip_stats", False):
+            x = self.network.denormalize_image_embed(x)
+        return torch.nn.functional.normalize(x.float(), dim=-1)
+
     def loss(self, x0: Tensor, cond: Cond, **kw: Any) -> Tensor:
         """The training loss on clean samples x0 (see cascade.diffusion.loss)."""
         return diffusion_loss(self.denoiser, x0, cond, **kw)

@@ -1,0 +1,301 @@
+"""The networks on tiny configs (width 32): shapes, per-sample guidance dropping, masking,
+causality, full convolutionality, config handling, and the paper-sized configs on the meta device."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from cascade.config import ConfigError, from_dict, load_toml, to_dict
+from stages import (
+    NETWORKS,
+    Decoder,
+    DecoderConfig,
+    PriorConfig,
+    PriorTransformer,
+    SuperRes,
+    SuperResConfig,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+B = 3
+D = 16  # CLIP embedding width of the tiny configs
+TOKEN_WIDTH = 24
+CONTEXT = 6
+
+TINY_PRIOR = dict(embed_dim=D, text_width=TOKEN_WIDTH, text_context=CONTEXT, width=32, layers=2, heads=4)
+TINY_UNET = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, head_dim=16, norm_groups=8)
+TINY_DECODER = dict(
+    TINY_UNET, image_size=16, attention_resolutions=(8,), embed_dim=D, context_dim=32, text_context=CONTEXT,
+    text_width=TOKEN_WIDTH, text_layers=1, text_heads=4, text_vocab_size=100,
+)
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Add noise to every parameter: zero-initialised layers and nulls would hide differences."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def prior_inputs(seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, CONTEXT, dtype=torch.bool)
+    mask[:, 4:] = False
+    mask[1, 2:] = False
+    return dict(
+        x=torch.randn(B, D, generator=g),
+        t=torch.tensor([3.0, 500.0, 999.0]),
+        text_embed=torch.randn(B, D, generator=g),
+        text_tokens=torch.randn(B, CONTEXT, TOKEN_WIDTH, generator=g),
+        text_mask=mask,
+    )
+
+
+def decoder_inputs(seed: int = 1, size: int = 16) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, CONTEXT, dtype=torch.bool)
+    mask[:, 4:] = False
+    ids = torch.randint(1, 100, (B, CONTEXT), generator=g)
+    ids[:, 4:] = 0
+    return dict(
+        x=torch.randn(B, 3, size, size, generator=g),
+        t=torch.tensor([3.0, 500.0, 999.0]),
+        image_embed=torch.randn(B, D, generator=g),
+        text_embed=torch.randn(B, D, generator=g),
+        text_tokens=torch.randn(B, CONTEXT, TOKEN_WIDTH, generator=g),
+        text_ids=ids,
+        text_mask=mask,
+    )
+
+
+def run(net, inputs: dict, **extra) -> torch.Tensor:
+    kw = dict(inputs, **extra)
+    x, t = kw.pop("x"), kw.pop("t")
+    with torch.no_grad():
+        return net(x, t, **kw)
+
+
+def assert_drop_is_per_sample(net, inputs: dict, flag: str) -> None:
+    """Dropping rows 0 and 2 changes exactly those rows, to what dropping every row gives them."""
+    base = run(net, inputs)
+    drop = torch.tensor([True, False, True])
+    some = run(net, inputs, **{flag: drop})
+    every = run(net, inputs, **{flag: torch.ones(B, dtype=torch.bool)})
+    torch.testing.assert_close(some[1], base[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(some[[0, 2]], every[[0, 2]], rtol=1e-5, atol=1e-5)
+    assert (some[[0, 2]] - base[[0, 2]]).abs().amax() > 1e-3, f"{flag} did not change the dropped rows"
+
+
+# ---------------------------------------------------------------- registry and configs
+
+
+def test_registry_names_every_network():
+    assert NETWORKS == {"PriorTransformer": PriorTransformer, "Decoder": Decoder, "SuperRes": SuperRes}
+    for cls, cfg_cls in ((PriorTransformer, PriorConfig), (Decoder, DecoderConfig), (SuperRes, SuperResConfig)):
+        assert cls.config_class is cfg_cls
+
+
+@pytest.mark.parametrize("cls, data", [
+    (PriorConfig, TINY_PRIOR),
+    (DecoderConfig, dict(TINY_DECODER, text_source="own", patch_size=2, norm="layer")),
+    (SuperResConfig, dict(TINY_UNET, aug_level_conditioning=False, attention_resolutions=(64,))),
+])
+def test_config_round_trip(cls, data):
+    config = from_dict(cls, data)
+    assert from_dict(cls, to_dict(config)) == config
+    assert set(to_dict(config)) == {f.name for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("cls", [PriorConfig, DecoderConfig, SuperResConfig])
+def test_unknown_config_key_is_refused_by_name(cls):
+    with pytest.raises(ConfigError, match="chanel_mult"):
+        from_dict(cls, {"chanel_mult": [1, 2]})
+
+
+def test_bad_config_values_are_refused():
+    with pytest.raises(ConfigError, match="text_source"):
+        from_dict(DecoderConfig, {"text_source": "t5"})
+    with pytest.raises(ConfigError, match="norm"):
+        from_dict(SuperResConfig, {"norm": "batch"})
+    with pytest.raises(ConfigError, match="heads"):
+        from_dict(PriorConfig, {"width": 30, "heads": 4})
+
+
+# ---------------------------------------------------------------- prior
+
+
+def test_prior_shape_and_text_drop():
+    prior = perturbed(PriorTransformer(from_dict(PriorConfig, TINY_PRIOR)))
+    inputs = prior_inputs()
+    assert run(prior, inputs).shape == (B, D)
+    assert_drop_is_per_sample(prior, inputs, "text_drop")
+
+
+def test_prior_is_causal():
+    """Changing the noised image embedding leaves every earlier position's output unchanged."""
+    prior = perturbed(PriorTransformer(from_dict(PriorConfig, TINY_PRIOR)))
+    inputs = prior_inputs()
+    kw = {k: v for k, v in inputs.items() if k not in ("x", "t")}
+    with torch.no_grad():
+        a = prior.encode_sequence(inputs["x"], inputs["t"], **kw)
+        b = prior.encode_sequence(inputs["x"] + 1.0, inputs["t"], **kw)
+    x_pos = CONTEXT + 2  # [tokens, text_embed, time, x, query]
+    assert a.shape == (B, CONTEXT + 4, 32)
+    assert torch.equal(a[:, :x_pos], b[:, :x_pos])
+    assert (a[:, x_pos:] - b[:, x_pos:]).abs().amax() > 1e-3
+
+
+def test_prior_ignores_padding_tokens_and_pads_short_inputs():
+    prior = perturbed(PriorTransformer(from_dict(PriorConfig, TINY_PRIOR)))
+    inputs = prior_inputs()
+    base = run(prior, inputs)
+    noisy = dict(inputs, text_tokens=inputs["text_tokens"] + 5.0 * (~inputs["text_mask"])[..., None])
+    torch.testing.assert_close(run(prior, noisy), base, rtol=1e-5, atol=1e-5)
+    short = dict(inputs, text_tokens=inputs["text_tokens"][:, :4], text_mask=inputs["text_mask"][:, :4])
+    torch.testing.assert_close(run(prior, short), base, rtol=1e-5, atol=1e-5)
+
+
+def test_prior_clip_stats_and_no_token_variant():
+    prior = PriorTransformer(from_dict(PriorConfig, dict(TINY_PRIOR, text_context=0, clip_stats=True)))
+    assert "clip_mean" in prior.state_dict() and "clip_std" in prior.state_dict()
+    prior.clip_mean.fill_(0.5)
+    prior.clip_std.fill_(2.0)
+    z = torch.randn(B, D)
+    torch.testing.assert_close(prior.denormalize_image_embed(prior.normalize_image_embed(z)), z)
+    inputs = prior_inputs()
+    del inputs["text_tokens"], inputs["text_mask"]
+    assert run(prior, inputs).shape == (B, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(run(prior, inputs)).all()
+
+
+# ---------------------------------------------------------------- decoder
+
+
+@pytest.mark.parametrize("text_source", ["clip", "own", "none"])
+def test_decoder_shapes_and_image_drop(text_source):
+    decoder = perturbed(Decoder(from_dict(DecoderConfig, dict(TINY_DECODER, text_source=text_source, out_channels=6))))
+    inputs = decoder_inputs()
+    assert run(decoder, inputs).shape == (B, 6, 16, 16)
+    assert_drop_is_per_sample(decoder, inputs, "image_drop")
+
+
+@pytest.mark.parametrize("text_source", ["clip", "own"])
+def test_decoder_text_drop(text_source):
+    decoder = perturbed(Decoder(from_dict(DecoderConfig, dict(TINY_DECODER, text_source=text_source))))
+    assert_drop_is_per_sample(decoder, decoder_inputs(), "text_drop")
+
+
+def test_decoder_masks_padding_tokens():
+    decoder = perturbed(Decoder(from_dict(DecoderConfig, TINY_DECODER)))
+    inputs = decoder_inputs()
+    base = run(decoder, inputs)
+    noisy = dict(inputs, text_tokens=inputs["text_tokens"] + 5.0 * (~inputs["text_mask"])[..., None])
+    torch.testing.assert_close(run(decoder, noisy), base, rtol=1e-5, atol=1e-5)
+    visible = dict(inputs, text_tokens=inputs["text_tokens"] + 5.0 * inputs["text_mask"][..., None])
+    assert (run(decoder, visible) - base).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize("norm, patch_size", [("layer", 1), ("group", 2), ("layer", 2)])
+def test_decoder_norm_and_patch_options(norm, patch_size):
+    config = from_dict(DecoderConfig, dict(TINY_DECODER, norm=norm, patch_size=patch_size, image_size=32))
+    decoder = perturbed(Decoder(config))
+    inputs = decoder_inputs(size=32)
+    out = run(decoder, inputs)
+    assert out.shape == (B, 3, 32, 32) and torch.isfinite(out).all()
+    assert_drop_is_per_sample(decoder, inputs, "text_drop")
+
+
+def test_decoder_channels_last_bf16_and_backward():
+    decoder = perturbed(Decoder(from_dict(DecoderConfig, dict(TINY_DECODER, norm="layer"))))
+    inputs = decoder_inputs()
+    base = run(decoder, inputs)
+    decoder = decoder.to(memory_format=torch.channels_last)
+    cl = run(decoder, dict(inputs, x=inputs["x"].contiguous(memory_format=torch.channels_last)))
+    torch.testing.assert_close(cl, base, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(run(decoder, inputs)).all()
+    decoder.train()
+    kw = dict(inputs, text_drop=torch.tensor([True, False, False]), image_drop=torch.tensor([False, True, False]))
+    x, t = kw.pop("x"), kw.pop("t")
+    decoder(x, t, **kw).square().mean().backward()
+    assert decoder.null_image_embed.grad is not None and decoder.null_text_tokens.grad is not None
+
+
+def test_decoder_refuses_missing_text_and_bad_sizes():
+    decoder = Decoder(from_dict(DecoderConfig, TINY_DECODER))
+    inputs = decoder_inputs()
+    with pytest.raises(ValueError, match="text_tokens"):
+        run(decoder, inputs, text_tokens=None)
+    with pytest.raises(ValueError, match="multiple"):
+        run(decoder, dict(inputs, x=torch.randn(B, 3, 15, 16)))
+
+
+# ---------------------------------------------------------------- super-resolution
+
+
+def test_superres_is_fully_convolutional_and_uses_aug_level():
+    sr = perturbed(SuperRes(from_dict(SuperResConfig, TINY_UNET)))
+    for h, w in [(16, 24), (32, 8), (8, 8)]:
+        x, lowres = torch.randn(2, 3, h, w), torch.randn(2, 3, h, w)
+        with torch.no_grad():
+            out = sr(x, torch.tensor([10.0, 900.0]), lowres=lowres, aug_level=torch.tensor([0.0, 0.0]))
+            aug = sr(x, torch.tensor([10.0, 900.0]), lowres=lowres, aug_level=torch.tensor([0.0, 0.5]))
+        assert out.shape == (2, 3, h, w)
+        torch.testing.assert_close(aug[0], out[0])
+        assert (aug[1] - out[1]).abs().amax() > 1e-3
+
+
+def test_superres_layer_norm_and_patches_on_crops():
+    """The options the CPU-trained model uses, on crops of two shapes; lowres must match x."""
+    sr = perturbed(SuperRes(from_dict(SuperResConfig, dict(TINY_UNET, norm="layer", patch_size=2))))
+    for h, w in [(16, 24), (8, 32)]:
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad():
+            assert sr(x, torch.tensor([5.0]), lowres=x).shape == (1, 3, h, w)
+    with pytest.raises(ValueError, match="lowres"):
+        sr(torch.randn(1, 3, 8, 8), torch.tensor([5.0]), lowres=torch.randn(1, 3, 4, 4))
+
+
+def test_karlo_style_superres_has_no_aug_embedding():
+    config = from_dict(SuperResConfig, dict(TINY_UNET, scale_shift_norm=False, aug_level_conditioning=False))
+    sr = perturbed(SuperRes(config))
+    assert not any(name.startswith("aug_embed") for name, _ in sr.named_parameters())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert sr(x, torch.tensor([1.0, 2.0]), lowres=x).shape == (2, 3, 8, 8)
+
+
+# ---------------------------------------------------------------- shipped config files
+
+
+PAPER_SIZES = {"prior": 1.0e9, "decoder": 3.5e9, "sr256": 7.0e8, "sr1024": 3.0e8}
+CLASSES = {"prior": PriorTransformer, "decoder": Decoder, "sr256": SuperRes, "sr1024": SuperRes}
+
+
+def test_dalle2_config_matches_the_paper_sizes():
+    data = load_toml(CONFIGS / "dalle2.toml")
+    for role, target in PAPER_SIZES.items():
+        cls = CLASSES[role]
+        table = data[role]["network"]
+        assert set(table) == {f.name for f in dataclasses.fields(cls.config_class)}, role
+        with torch.device("meta"):
+            net = cls(from_dict(cls.config_class, table, where=f"{role}.network"))
+        count = net.num_parameters()
+        assert abs(count - target) <= 0.15 * target, f"{role}: {count:.3e} parameters, paper {target:.1e}"
+
+
+def test_micro_config_networks_build():
+    path = CONFIGS / "micro.toml"
+    if not path.is_file():
+        pytest.skip("configs/micro.toml not present")
+    data = load_toml(path)
+    for role, cls in CLASSES.items():
+        if role in data and "network" in data[role]:
+            cls(from_dict(cls.config_class, data[role]["network"], where=f"{role}.network"))
