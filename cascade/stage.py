@@ -105,6 +105,10 @@ def stage_config_from_dict(role: str, table: Mapping[str, Any]) -> StageConfig:
     config = from_dict(StageConfig, data, where=role)
     network_cls = network_class(config.network_class, role)
     net_config = from_dict(network_cls.config_class, config.network, where=f"{role}.network")
+    out_channels = getattr(net_config, "out_channels", None)
+    if out_channels is not None and out_channels != 3 and config.diffusion.data_channels != 3:
+        raise ConfigError(f"{role}: the network outputs {out_channels} channels; set "
+                          f"[{role}.diffusion] data_channels = 3 (the rest is the learned variance)")
     return dataclasses.replace(config, network=to_dict(net_config))
 
 

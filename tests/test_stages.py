@@ -299,3 +299,14 @@ def test_micro_config_networks_build():
     for role, cls in CLASSES.items():
         if role in data and "network" in data[role]:
             cls(from_dict(cls.config_class, data[role]["network"], where=f"{role}.network"))
+
+
+def test_dalle2_is_a_complete_model_config():
+    from cascade.model_config import load_model_config
+
+    config = load_model_config(CONFIGS / "dalle2.toml")
+    assert list(config.stages) == ["prior", "decoder", "sr256", "sr1024"]
+    assert config.clip.model_name == "ViT-H-14"
+    budget = {role: s.sampling.steps for role, s in config.stages.items()}
+    assert budget == {"prior": 64, "decoder": 250, "sr256": 27, "sr1024": 15}
+    assert config.stages["decoder"].diffusion.data_channels == 3
