@@ -243,8 +243,8 @@ def test_shapes_config_builds() -> None:
     n = sum(p.numel() for p in clip.parameters())
     n_vocab = clip.model.token_embedding.weight.numel()
     assert 5e6 < n - n_vocab < 10e6
-    assert (clip.embed_dim, clip.text_width, clip.context_length, clip.image_size) == (256, 256, 32, (64, 64))
-    assert clip.encode_image(torch.zeros(1, 3, 64, 64)).shape == (1, 256)
+    assert (clip.embed_dim, clip.text_width, clip.context_length, clip.image_size) == (128, 128, 32, (64, 64))
+    assert clip.encode_image(torch.zeros(1, 3, 64, 64)).shape == (1, 128)
 
 
 def test_sixteen_bit_grey_is_scaled(clip: CLIP) -> None:
