@@ -21,6 +21,7 @@ from .diffusion import (
 )
 from .diffusion.denoiser import Cond
 from .diffusion.schedule import Spacing
+from .diffusion.tiling import TiledDenoiser
 
 ROLES = ("prior", "decoder", "sr256", "sr1024")
 DEFAULT_CLASS = {"prior": "PriorTransformer", "decoder": "Decoder", "sr256": "SuperRes", "sr1024": "SuperRes"}
@@ -36,6 +37,8 @@ class SamplingConfig:
     dynamic_threshold: Optional[float] = None  # Imagen's percentile (e.g. 0.995); None = off
     candidates: int = 1  # prior only: draw k embeddings, keep the one closest to the text
     aug_level: float = 0.0  # super-resolution only: noise-conditioning augmentation at sampling
+    tile: Optional[int] = None  # super-resolution only: evaluate in tile×tile cores (bounded memory)
+    tile_margin: int = 0  # context pixels around each tile (≥ the network's receptive radius for exactness)
 
     def __post_init__(self) -> None:
         check_sampling(self.sampler, self.steps, self.guidance)
@@ -45,6 +48,8 @@ class SamplingConfig:
             raise ValueError(f"candidates must be at least 1, got {self.candidates}")
         if not 0 <= self.aug_level <= 1:
             raise ValueError(f"aug_level must lie in [0, 1], got {self.aug_level}")
+        if (self.tile is not None and self.tile < 1) or self.tile_margin < 0:
+            raise ValueError(f"tile must be positive and tile_margin non-negative, got {self.tile}, {self.tile_margin}")
         if self.dynamic_threshold is not None and not 0 < self.dynamic_threshold <= 1:
             raise ValueError(f"dynamic_threshold must lie in (0, 1], got {self.dynamic_threshold}")
 
@@ -170,6 +175,9 @@ class Stage(nn.Module):
         s = sampling or self.config.sampling
         device = next(self.parameters()).device
         denoise = self.denoiser
+        if s.tile is not None and len(shape) == 4:
+            factor = getattr(self.network.config, "downsampling_factor", 1)
+            denoise = TiledDenoiser(denoise, s.tile, s.tile_margin, factor=factor)
         if s.guidance != 1.0:
             if uncond is None:
                 raise ValueError(f"{self.role}: guidance {s.guidance} needs an unconditional condition")
