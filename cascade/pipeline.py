@@ -44,7 +44,7 @@ def slerp(a: Tensor, b: Tensor, frac: Tensor | float) -> Tensor:
 class CascadePipeline:
     """CLIP + prior + 64×64 decoder + optional SR-256 and SR-1024, as one generator."""
 
-    def __init__(self, clip: Any, stages: Mapping[str, Stage], progress: bool = True):
+    def __init__(self, clip: Any, stages: Mapping[str, Stage], progress: bool = True, bf16: bool = False):
         unknown = sorted(set(stages) - set(ROLES))
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown} (known: {', '.join(ROLES)})")
@@ -53,6 +53,7 @@ class CascadePipeline:
         self.clip = clip
         self.stages = {role: stages[role] for role in ROLES if role in stages}
         self.progress = progress
+        self.bf16 = bf16  # run the networks under bf16 autocast (the sampler's arithmetic stays fp32)
 
     # ------------------------------------------------------------------ building and I/O
     @classmethod
@@ -203,7 +204,7 @@ class CascadePipeline:
 
     # ------------------------------------------------------------------ conditions
     def _encode_text(self, prompts: list[str]):
-        with torch.no_grad():
+        with torch.inference_mode():
             return self.clip.encode_text(prompts)
 
     def _prior_cond(self, text, drop: Tensor) -> dict[str, Any]:
@@ -224,8 +225,9 @@ class CascadePipeline:
         stage = self.stages[role]
         if noise is None:
             noise = torch.randn(shape, generator=generator)
-        return stage.sample(shape, cond, uncond, generator=generator, noise=noise.to(self.device),
-                            sampling=sampling, progress=self.progress)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return stage.sample(shape, cond, uncond, generator=generator, noise=noise.to(self.device),
+                                sampling=sampling, progress=self.progress).float()
 
     def _prior(self, text, drop: Tensor, sampling: SamplingConfig, generator: torch.Generator) -> Tensor:
         """CLIP image embeddings (B, D), normalised; the best of `candidates` draws per text."""
@@ -268,7 +270,7 @@ class CascadePipeline:
         return outputs
 
     # ------------------------------------------------------------------ public API
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(
         self,
         prompts: str | Sequence[str],
@@ -314,10 +316,10 @@ class CascadePipeline:
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
         pil = [load_image(im) for im in images]
-        with torch.no_grad():
+        with torch.inference_mode():
             return self.clip.encode_image(pil).float()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def variations(self, image: str | Path | Image.Image, n: int = 4, *, generator: Optional[torch.Generator] = None,
                    seed: Optional[int] = None, steps: Any = None, guidance: Any = None, sampler: Any = None,
                    final_size: Optional[int] = None, return_intermediates: bool = False):
@@ -341,7 +343,7 @@ class CascadePipeline:
             return self._prior(text, drop, options["prior"], g)
         return self.encode_images(item)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def interpolate(self, a: str | Path | Image.Image, b: str | Path | Image.Image, n_frames: int = 8, *,
                     generator: Optional[torch.Generator] = None, seed: Optional[int] = None, steps: Any = None,
                     guidance: Any = None, sampler: Any = None, final_size: Optional[int] = None,
@@ -365,7 +367,7 @@ class CascadePipeline:
         outputs = self._decode(image_embed, text, drop, options, final_role, g, shared_noise=True)
         return self._finish(outputs, final_role, return_intermediates, None, image_embed)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def text_diff(self, image: str | Path | Image.Image, from_text: str, to_text: str,
                   amount: float | Sequence[float] = 0.5, *, generator: Optional[torch.Generator] = None,
                   seed: Optional[int] = None, steps: Any = None, guidance: Any = None, sampler: Any = None,

@@ -158,7 +158,7 @@ class Stage(nn.Module):
         """The training loss on clean samples x0 (see cascade.diffusion.loss)."""
         return diffusion_loss(self.denoiser, x0, cond, **kw)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(
         self,
         shape: tuple[int, ...],

@@ -42,7 +42,7 @@ def _steps_iter(n: int, progress: bool | str, desc: str):
     return tqdm(range(n), desc=progress if isinstance(progress, str) else desc, disable=not progress, leave=False)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_ddim(
     denoise: DenoiseFn,
     schedule: NoiseSchedule,
@@ -74,7 +74,7 @@ def sample_ddim(
     return x
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_ddpm(
     denoise: DenoiseFn,
     schedule: NoiseSchedule,
@@ -104,7 +104,7 @@ def sample_ddpm(
     return x
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_dpmpp_2m(
     denoise: DenoiseFn,
     schedule: NoiseSchedule,
@@ -144,7 +144,7 @@ def sample_dpmpp_2m(
     return x
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_heun(
     denoise: DenoiseFn,
     schedule: NoiseSchedule,

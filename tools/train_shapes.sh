@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Reproduce the shipped default model from nothing: every stage trained on ShapeWorld, then the
+# EMA weights exported as fp16 into cascade/weights/shapes. Resumable: run it again after an
+# interruption and each stage continues from its last checkpoint; finished stages are skipped.
+#
+#   tools/train_shapes.sh [STATE_DIR]     (default: $CASCADE_TRAIN_DIR or ~/.cache/cascade/shapes)
+#
+# Environment: STAGES (default "clip prior sr256 sr1024 decoder": CLIP first, the rest in any
+# order), MAX_MINUTES (stop each stage after this many minutes of this call; resume later).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+state=${1:-${CASCADE_TRAIN_DIR:-$HOME/.cache/cascade/shapes}}
+config=$here/configs/shapes.toml
+mkdir -p "$state"
+[ -f "$state/model/model_index.json" ] || cascade init "$config" "$state/model"
+for stage in ${STAGES:-clip prior sr256 sr1024 decoder}; do
+  echo "== $stage ($(date -u +%FT%TZ))" | tee -a "$state/$stage.log"
+  cascade train "$stage" --config "$config" --model "$state/model" --run "$state/run-$stage" --resume \
+    ${MAX_MINUTES:+--max-minutes "$MAX_MINUTES"} 2>&1 | tee -a "$state/$stage.log"
+done
+python "$here/tools/export_model.py" "$state/model" "$here/cascade/weights/shapes" --fp16
