@@ -279,18 +279,6 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         raise ClipError(f"cannot convert a PIL image of mode {image.mode!r} to RGB: {_one_line(e)}") from e
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _interpolation(name: str) -> InterpolationMode:
     # open_clip: 'bilinear' -> BILINEAR, anything else ('bicubic', 'random') -> BICUBIC at eval time
     return InterpolationMode.BILINEAR if name == "bilinear" else InterpolationMode.BICUBIC
@@ -455,25 +443,14 @@ class CLIP(nn.Module):
             raise ClipError(f"{str(path)!r} does not match CLIP model {self.config.model_name!r}: " + "; ".join(problems))
         self.model.load_state_dict(state, strict=True)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write config.json (the resolved ClipConfig) and model.safetensors, each atomically."""
-        from safetensors.torch import save_file
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write model.safetensors (floating weights cast to `dtype` if given) and config.json
+        (the resolved ClipConfig), each atomically."""
+        from .checkpoint import save_weights, write_json
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state: dict[str, Tensor] = {}
-        seen: set[int] = set()
-        for k, v in self.model.state_dict().items():
-            v = v.detach().to("cpu").contiguous()
-            key = v.untyped_storage().data_ptr()
-            if v.numel() and key in seen:  # safetensors refuses shared storage
-                v = v.clone()
-            seen.add(key)
-            state[k] = v
-        _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        data = to_dict(self.resolved_config)
-        text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-        _atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(text))
+        save_weights(self.model, folder / WEIGHTS_NAME, dtype=dtype, metadata={"format": "pt"})
+        write_json(folder / CONFIG_NAME, to_dict(self.resolved_config))
 
     @property
     def resolved_config(self) -> ClipConfig:

@@ -96,7 +96,7 @@ class CascadePipeline:
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
         """Write the model folder (weights cast to `dtype` if given, e.g. torch.float16 to ship)."""
         path = Path(path)
-        self.clip.save_pretrained(path / "clip")
+        self.clip.save_pretrained(path / "clip", dtype=dtype)
         for role, stage in self.stages.items():
             save_stage(stage, path / role, dtype=dtype)
         names = {"clip": "CLIP", **{role: s.config.network_class for role, s in self.stages.items()}}

@@ -244,3 +244,16 @@ def test_slerp_closed_form():
     assert torch.allclose(mid, torch.tensor([[2**-0.5, 2**-0.5]]))
     third = slerp(a, b, 1 / 3)
     assert torch.allclose(third, torch.tensor([[np.cos(np.pi / 6), np.sin(np.pi / 6)]], dtype=torch.float32))
+
+
+def test_fp16_export_loads_and_is_half_the_size(micro_pipe, micro_dir, tmp_path):
+    micro_pipe.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    w = load_file(str(tmp_path / "half" / "decoder" / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in w.values() if v.is_floating_point())
+    c = load_file(str(tmp_path / "half" / "clip" / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in c.values() if v.is_floating_point())
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
+    assert size(tmp_path / "half") < 0.55 * size(micro_dir)
+    loaded = CascadePipeline.from_pretrained(tmp_path / "half", progress=False)
+    assert next(loaded.stages["decoder"].parameters()).dtype == torch.float32  # computed in fp32
+    assert loaded("a red circle", seed=0, final_size=64)[0].size == (64, 64)
