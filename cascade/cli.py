@@ -36,7 +36,8 @@ def _stage_values(pairs: Optional[Sequence[str]], kind: type, name: str) -> Opti
                 raise CliError(f"--{name}: unknown stage {role!r} (stages: {', '.join(STAGE_NAMES)})")
             out[role] = v
     if single is not None and out:
-        return {**{r: single for r in STAGE_NAMES}, **out}
+        stages = [r for r in STAGE_NAMES if not (name == "guidance" and r.startswith("sr"))]
+        return {**{r: single for r in stages}, **out}
     return out or single
 
 

@@ -127,13 +127,17 @@ class CascadePipeline:
                   stage_options: Optional[Mapping[str, Mapping[str, Any]]] = None) -> dict[str, SamplingConfig]:
         """Per-stage sampling settings from the defaults and the overrides, all checked up front.
 
-        `steps`, `guidance`, `sampler` are each a value for every stage or a {role: value} dict.
+        `steps`, `guidance`, `sampler` are each a value for every stage or a {role: value} dict
+        (a single guidance scale applies to the prior and the decoder: SR stages are not guided).
         """
         per_role: dict[str, dict[str, Any]] = {role: {} for role in self.stages}
         for name, value in (("steps", steps), ("guidance", guidance), ("sampler", sampler)):
             if value is None:
                 continue
-            items = value.items() if isinstance(value, Mapping) else ((r, value) for r in self.stages)
+            if isinstance(value, Mapping):
+                items = value.items()
+            else:  # one value for every stage; one guidance scale means the guided stages
+                items = ((r, value) for r in self.stages if not (name == "guidance" and r.startswith("sr")))
             for role, v in items:
                 if role not in self.stages:
                     raise ValueError(f"{name}: this model has no stage {role!r} (stages: {', '.join(self.stages)})")

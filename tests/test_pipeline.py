@@ -83,6 +83,13 @@ def test_bad_requests_fail_before_sampling(micro_pipe, kwargs, match):
     assert calls == []
 
 
+def test_one_guidance_scale_means_the_guided_stages(micro_pipe):
+    options = micro_pipe._sampling(guidance=2.5, steps=4)
+    assert options["prior"].guidance == options["decoder"].guidance == 2.5
+    assert options["sr256"].guidance == options["sr1024"].guidance == 1.0
+    assert all(o.steps == 4 for o in options.values())
+
+
 def test_non_text_prompt_is_refused(micro_pipe):
     with pytest.raises(TypeError, match="prompt 1 is int"):
         micro_pipe(["ok", 3])
