@@ -1,0 +1,217 @@
+"""The trainer on the micro config: every stage trains and exports, exact resume, atomic checkpoints,
+EMA math, the loss falls on a fixed batch, bad requests refused before any work."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch.utils.data import default_collate
+
+from cascade.cli import main
+from cascade.config import ConfigError
+from cascade.pipeline import CascadePipeline
+from cascade.train import EMA, TrainConfig, latest_checkpoint, read_loss_csv, train_config_from_table
+
+MICRO = "configs/micro.toml"
+FAST = ["--quiet", "--set", "eval_size=4", "--set", "sample_count=1", "--set", "dataset_size=16"]
+
+
+@pytest.fixture
+def model(micro_dir, tmp_path):
+    path = tmp_path / "model"
+    shutil.copytree(micro_dir, path)
+    return path
+
+
+def train(capsys, stage, model, run, *extra):
+    code = main(["train", stage, "--config", MICRO, "--model", str(model), "--run", str(run), *FAST, *map(str, extra)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return out.out
+
+
+def folder_data(path, n=6, size=48):
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        arr = np.full((size, size + 8, 3), 30 * i, np.uint8)
+        arr[8:24, 8 + i:24 + i] = rng.integers(0, 255, 3, dtype=np.uint8)
+        Image.fromarray(arr).save(path / f"{i}.png")
+        (path / f"{i}.txt").write_text(f"a square number {i}")
+    (path / "broken.png").write_bytes(b"not a png")
+    (path / "broken.txt").write_text("never loaded")
+    return path
+
+
+# ------------------------------------------------------------------ config and EMA
+def test_train_config_defaults_and_refusals():
+    c = train_config_from_table("decoder", {"batch_size": 8, "grad_accum": 2})
+    assert c.micro_batch_size == 4 and c.text_drop_prob == 0.1 and c.image_drop_prob == 0.1
+    assert c.decoder_text_drop_prob == 0.5 and c.mixed_precision in ("no", "bf16")
+    with pytest.raises(ConfigError, match="batch_szie"):
+        train_config_from_table("decoder", {"batch_szie": 8})
+    with pytest.raises(ConfigError, match="not divisible"):
+        train_config_from_table("decoder", {"batch_size": 6, "grad_accum": 4})
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        train_config_from_table("prior", {"mixed_precision": "fp16"})
+    with pytest.raises(ConfigError, match="image_drop_prob"):
+        train_config_from_table("decoder", {"image_drop_prob": 1.5})
+    with pytest.raises(ConfigError, match="unknown stage"):
+        train_config_from_table("upsampler", {})
+    with pytest.raises(ConfigError, match="split over 3 processes"):
+        TrainConfig(batch_size=8).check_processes(3)
+
+
+def test_ema_math():
+    net = torch.nn.Linear(3, 2)
+    net.register_buffer("count", torch.zeros(()))
+    ema = EMA(net, decay=0.9, warmup=True)
+    theta0 = net.weight.detach().clone()
+    expected = theta0.clone()
+    for n in range(30):
+        with torch.no_grad():
+            net.weight.add_(1.0)
+            net.count.fill_(n)
+        ema.update(net)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * net.weight.detach()
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(1000) == 0.9
+    assert torch.allclose(ema.params["weight"], expected, atol=1e-5)
+    out = torch.nn.Linear(3, 2)
+    out.register_buffer("count", torch.zeros(()))
+    ema.copy_to(out)
+    assert torch.allclose(out.weight, expected, atol=1e-5) and out.count.item() == 29  # buffers copied
+    plain = EMA(torch.nn.Linear(1, 1, bias=False), decay=0.5, warmup=False)
+    assert plain.decay_at(0) == 0.5
+
+
+# ------------------------------------------------------------------ the loss falls on a fixed batch
+@pytest.mark.parametrize("role", ["prior", "decoder"])
+def test_loss_decreases_on_a_fixed_batch(role, micro_pipe, micro_config, micro_dir):
+    from cascade.stage import Stage
+    from cascade.train.data import ShapeWorldSource, build_embedding_cache, sample_generator
+    from cascade.train.tasks import make_task
+
+    B = 2 if role == "decoder" else 4  # the micro decoder runs at full 64×64 width: keep it small
+    train = train_config_from_table(role, {"batch_size": B, "min_snr_gamma": 5.0, "text_drop_prob": 0.0,
+                                           "image_drop_prob": 0.0, "decoder_text_drop_prob": 0.0})
+    torch.manual_seed(0)
+    stage = Stage(micro_config.stages[role])
+    source = ShapeWorldSource(B, seed=0)
+    task = make_task(role, train, micro_pipe.clip, source, source, stage)
+    task.cache = build_embedding_cache(micro_pipe.clip, source, micro_dir / "clip" / "model.safetensors", None)
+    batch = default_collate([task.fetch(i, sample_generator(0, i)) for i in range(B)])
+    module = task.build_module().train()
+    opt = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = module(*task.prepare(batch))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+# ------------------------------------------------------------------ every stage, end to end
+@pytest.mark.parametrize("stage,extra", [
+    ("clip", ["--set", "batch_size=4"]),
+    ("prior", ["--set", "mixed_precision='no'", "--max-minutes", "0"]),
+    ("decoder", ["--set", "mixed_precision='bf16'", "--set", "grad_accum=2", "--set", "batch_size=2"]),
+    ("sr256", ["--set", "mixed_precision='no'", "--data", "FOLDER"]),
+    ("sr1024", []),
+])
+def test_each_stage_trains_and_exports(stage, extra, model, tmp_path, capsys):
+    if "FOLDER" in extra:
+        extra = [str(folder_data(tmp_path / "images")) if e == "FOLDER" else e for e in extra]
+    before = load_file(str(model / stage / "model.safetensors"))
+    out = train(capsys, stage, model, tmp_path / "run", "--max-steps", 2, *extra)
+    assert f"{stage}: step" in out
+    rows = read_loss_csv(tmp_path / "run")
+    assert rows and all(math.isfinite(r["loss"]) and r["samples_per_s"] > 0 for r in rows)
+    if "--max-minutes" in extra:  # zero minutes: one step, then checkpoint and stop
+        assert "max_minutes" in out and rows[-1]["step"] == 1
+    else:
+        assert [r["step"] for r in rows] == [1, 2]
+    ckpt = latest_checkpoint(tmp_path / "run")
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == rows[-1]["step"] and state["role"] == stage
+    # the exported weights are the checkpoint's EMA, and the folder still loads as a whole model
+    after = load_file(str(model / stage / "model.safetensors"))
+    ema = load_file(str(ckpt / "ema.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    for k, v in after.items():
+        assert torch.equal(v, ema[f"param.{k}"] if f"param.{k}" in ema else ema[f"buffer.{k}"]), k
+    samples = sorted(p.name for p in (tmp_path / "run" / "samples").iterdir())
+    assert any(n.endswith(".json") for n in samples)
+    if stage in ("decoder", "sr256", "sr1024"):
+        assert any(n.endswith(".png") for n in samples)
+    pipe = CascadePipeline.from_pretrained(model, progress=False)
+    assert stage == "clip" or stage in pipe.stages
+
+
+# ------------------------------------------------------------------ exact resume and atomic checkpoints
+def test_resume_is_exact_and_checkpoints_are_atomic(model, tmp_path, capsys):
+    common = ["--set", "batch_size=2", "--set", "checkpoint_every=3", "--set", "sample_every=0",
+              "--set", "log_every=1", "--set", "keep_checkpoints=2", "--set", "decoder_text_drop_prob=0.5"]
+    straight_model = tmp_path / "straight_model"
+    shutil.copytree(model, straight_model)
+    train(capsys, "decoder", straight_model, tmp_path / "straight", "--max-steps", 6, *common)
+    train(capsys, "decoder", model, tmp_path / "split", "--max-steps", 3, *common)
+    # a crash mid-write leaves tmp-* (ignored), a folder without state.json is not a checkpoint
+    ckpts = tmp_path / "split" / "checkpoints"
+    (ckpts / "tmp-step-00000005").mkdir()
+    (ckpts / "tmp-step-00000005" / "model.safetensors").write_bytes(b"garbage")
+    (ckpts / "step-00000004").mkdir()
+    assert latest_checkpoint(tmp_path / "split").name == "step-00000003"
+    train(capsys, "decoder", model, tmp_path / "split", "--max-steps", 6, "--resume", *common)
+    straight, split = read_loss_csv(tmp_path / "straight"), read_loss_csv(tmp_path / "split")
+    assert [r["step"] for r in split] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in split] == [r["loss"] for r in straight]  # equal, not just close
+    assert [r["lr"] for r in split] == [r["lr"] for r in straight]
+    a = load_file(str(straight_model / "decoder" / "model.safetensors"))
+    b = load_file(str(model / "decoder" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the exported EMA weights too
+    names = sorted(p.name for p in ckpts.iterdir())
+    assert "tmp-step-00000005" not in names and "step-00000006" in names
+    assert len([n for n in names if (ckpts / n / "state.json").is_file()]) == 2  # keep the last 2
+    # a run folder continues only the stage and recipe it was started with
+    code = main(["train", "prior", "--config", MICRO, "--model", str(model), "--run", str(tmp_path / "split"),
+                 "--resume", *FAST])
+    assert code == 2 and "checkpoint of stage 'decoder'" in capsys.readouterr().err
+    code = main(["train", "decoder", "--config", MICRO, "--model", str(model), "--run", str(tmp_path / "split"),
+                 *FAST, *common])
+    assert code == 2 and "--resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ refused before any work
+def test_bad_requests_are_refused_before_work(model, tmp_path, capsys):
+    run = tmp_path / "run"
+
+    def refused(*argv, match):
+        code = main(["train", *map(str, argv)])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err, err
+        assert not run.exists() or not any(run.iterdir())
+
+    base = ["--config", MICRO, "--model", model, "--run", run]
+    refused("upsampler", *base, match="unknown stage")
+    refused("decoder", "--config", MICRO, "--model", tmp_path / "nowhere", "--run", run, match="model folder not found")
+    refused("decoder", *base, "--set", "batch_szie=4", match="batch_szie")
+    refused("decoder", *base, "--data", tmp_path / "nowhere", match="no such folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.png").write_bytes(b"corrupt")
+    (empty / "a.txt").write_text("a caption")
+    refused("decoder", *base, "--data", empty, match="no usable image-caption pairs")
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text(open(MICRO).read().replace("[decoder.train]\n", "[decoder.train]\nlearning_rate = 1\n"))
+    refused("decoder", "--config", bad_toml, "--model", model, "--run", run, match="learning_rate")
+    shutil.rmtree(model / "clip")
+    refused("prior", *base, match="needs the frozen CLIP")
