@@ -16,21 +16,31 @@ class ImageError(ValueError):
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any PIL mode as RGB: transparency composited on `background`, 16-bit and CMYK converted."""
-    if image.mode == "RGB":
+    """8-bit RGB from any PIL mode: transparency (alpha, or a palette's or RGB's transparent
+    colour) composited on `background`; 16-bit, 32-bit and float grey scaled to 8 bits."""
+    if not isinstance(image, Image.Image):
+        raise ImageError(f"expected a PIL image, got {type(image).__name__}")
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        hi = 65535.0 if arr.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGBa"):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGB", image.size, background)
-        canvas.paste(image, mask=image.getchannel("A"))
-        return canvas
-    return image.convert("RGB")
+    if mode in ("P", "RGB", "L") and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(image).astype(np.float64)
+        if mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
+            arr = arr * 255.0  # float images in [0, 1]
+        elif mode.startswith("I;16") or (arr.size and arr.max() > 255):
+            arr = arr / 257.0  # 16-bit range -> 8 bits
+        arr = np.clip(np.nan_to_num(arr) + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise ImageError(f"cannot convert a PIL image of mode {mode!r} to RGB: {e}") from e
 
 
 def load_image(path_or_image: str | Path | Image.Image) -> Image.Image:

@@ -36,7 +36,7 @@ class ModelConfig:
 
 
 def model_config_from_dict(data: Mapping[str, Any], source: str | None = None) -> ModelConfig:
-    from .clip import ClipConfig
+    from .clip_config import ClipConfig
 
     where = source or "config"
     unknown = sorted(set(data) - set(TOP_LEVEL))

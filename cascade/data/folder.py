@@ -31,6 +31,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from ..images import to_rgb
+
 __all__ = ["ImageCaptionFolder", "IMAGE_EXTENSIONS", "to_rgb", "resize_center_crop",
            "image_to_tensor", "default_transform"]
 
@@ -41,28 +43,6 @@ _CAPTION_KEYS = ("caption", "text", "prompt")
 
 
 # ---------------------------------------------------------------------------- conversion
-def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
-    """8-bit RGB from any mode; transparency is composited on ``background`` (white)."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
-        return Image.alpha_composite(base, rgba).convert("RGB")
-    if mode.startswith("I") or mode == "F":
-        arr = np.asarray(image).astype(np.float64)
-        if mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
-            arr = arr * 255.0                      # float images in [0, 1]
-        elif mode.startswith("I;16") or (arr.size and arr.max() > 255):
-            arr = arr / 257.0                      # 16-bit range -> 8 bit
-        arr = np.clip(np.nan_to_num(arr) + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    return image.convert("RGB")
-
-
 def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
     """Resize the shorter side to ``resolution`` (bicubic, antialiased), then center-crop a square."""
     w, h = image.size
