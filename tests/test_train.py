@@ -215,3 +215,23 @@ def test_bad_requests_are_refused_before_work(model, tmp_path, capsys):
     refused("decoder", "--config", bad_toml, "--model", model, "--run", run, match="learning_rate")
     shutil.rmtree(model / "clip")
     refused("prior", *base, match="needs the frozen CLIP")
+
+
+def test_state_files_round_trip_without_pickle(tmp_path):
+    from cascade.train.statefile import load_state, save_state
+    from cascade.train.trainer import rng_state
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "rng": rng_state(), "nested": ({1: [1.5, None, "x"]},)}
+    save_state(state, tmp_path / "s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json", "s.safetensors"]
+    back = load_state(tmp_path / "s")
+    assert back["nested"] == ({1: [1.5, None, "x"]},)
+    assert torch.equal(back["rng"]["torch"], state["rng"]["torch"]) and back["rng"]["python"] == state["rng"]["python"]
+    opt2 = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt2.load_state_dict(back["optimizer"])
+    for k, v in opt.state_dict()["state"][0].items():
+        assert torch.equal(v, opt2.state_dict()["state"][0][k])

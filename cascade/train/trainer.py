@@ -48,6 +48,7 @@ from ..stage import Stage
 from .config import STAGES, TrainConfig, train_config_from_table
 from .data import Source, StreamDataset, StreamSampler, build_embedding_cache, open_sources
 from .ema import EMA
+from .statefile import load_state, save_state, state_exists
 from .tasks import make_task
 
 log = logging.getLogger("cascade.train")
@@ -249,12 +250,12 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        torch.save(rng_state(), tmp / f"rng-{acc.process_index}.pt")
+        save_state(rng_state(), tmp / f"rng-{acc.process_index}")
         if acc.is_main_process:
             save_weights(network, tmp / "model.safetensors")
             save_file({k: v.contiguous() for k, v in ema.state_tensors().items()}, str(tmp / "ema.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            save_state(optimizer.state_dict(), tmp / "optimizer")
+            save_state(scheduler.state_dict(), tmp / "scheduler")
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"role": self.role, "step": step, "position": step * self.train.batch_size,
@@ -274,8 +275,8 @@ class Trainer:
                          ema: Optional[EMA]) -> dict[str, Any]:
         state = check_resumable(path, self.role, self.train)
         load_weights(network, path / "model.safetensors", where=str(path))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        optimizer.load_state_dict(load_state(path / "optimizer"))
+        scheduler.load_state_dict(load_state(path / "scheduler"))
         if ema is not None:
             ema.load_state_tensors(load_file(str(path / "ema.safetensors")), state["ema_updates"])
         if state.get("num_processes") != acc.num_processes:
@@ -327,7 +328,7 @@ class Trainer:
             state = self._load_checkpoint(acc, checkpoint, network, optimizer, scheduler, ema)
             step = state["step"]
             extra = {k: state.get(k, v) for k, v in extra.items()}
-            rng_file = checkpoint / f"rng-{acc.process_index}.pt"
+            rng_file = checkpoint / f"rng-{acc.process_index}"
         if t.compile and role != "clip":
             stage.denoiser.network = torch.compile(stage.network)
         dataset = StreamDataset(len(source), t.seed, task.fetch)
@@ -338,8 +339,8 @@ class Trainer:
                             drop_last=True, **workers)
         model, optimizer, loader, scheduler = acc.prepare(module, optimizer, loader, scheduler)
         self._start_logs(acc, step)
-        if rng_file is not None and rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=True))
+        if rng_file is not None and state_exists(rng_file):
+            set_rng_state(load_state(rng_file))
         if main:
             log.info("training %s from step %d to %d on %d process(es), global batch %d, %s", role, step, t.max_steps,
                      acc.num_processes, t.batch_size, t.mixed_precision)
