@@ -31,6 +31,23 @@ class CascadeOutput:
     image_embeds: Optional[Tensor] = None  # (B, D) normalised CLIP image embeddings fed to the decoder
 
 
+def prior_condition(text: Any, text_drop: Tensor) -> dict[str, Any]:
+    """The prior's condition from a CLIP TextEncoding (training and sampling build it here)."""
+    return {"text_embed": text.embed, "text_tokens": text.tokens, "text_mask": text.mask, "text_drop": text_drop}
+
+
+def decoder_condition(decoder: Stage, image_embed: Tensor, text: Any, image_drop: Tensor,
+                      text_drop: Tensor) -> dict[str, Any]:
+    """The decoder's condition for its `text_source` (clip: CLIP token states; own: token ids; none)."""
+    source = decoder.network.config.text_source
+    cond: dict[str, Any] = {"image_embed": image_embed, "image_drop": image_drop}
+    if source == "clip":
+        cond.update(text_embed=text.embed, text_tokens=text.tokens, text_mask=text.mask, text_drop=text_drop)
+    elif source == "own":
+        cond.update(text_ids=text.ids, text_mask=text.mask, text_drop=text_drop)
+    return cond
+
+
 def slerp(a: Tensor, b: Tensor, frac: Tensor | float) -> Tensor:
     """Spherical interpolation between unit vectors a and b (B, D) at fraction(s) `frac`."""
     a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
@@ -212,16 +229,10 @@ class CascadePipeline:
             return self.clip.encode_text(prompts)
 
     def _prior_cond(self, text, drop: Tensor) -> dict[str, Any]:
-        return {"text_embed": text.embed, "text_tokens": text.tokens, "text_mask": text.mask, "text_drop": drop}
+        return prior_condition(text, drop)
 
     def _decoder_cond(self, image_embed: Tensor, text, image_drop: Tensor, text_drop: Tensor) -> dict[str, Any]:
-        source = self.stages["decoder"].network.config.text_source
-        cond: dict[str, Any] = {"image_embed": image_embed, "image_drop": image_drop}
-        if source == "clip":
-            cond.update(text_embed=text.embed, text_tokens=text.tokens, text_mask=text.mask, text_drop=text_drop)
-        elif source == "own":
-            cond.update(text_ids=text.ids, text_mask=text.mask, text_drop=text_drop)
-        return cond
+        return decoder_condition(self.stages["decoder"], image_embed, text, image_drop, text_drop)
 
     # ------------------------------------------------------------------ stages
     def _run_stage(self, role: str, shape: tuple[int, ...], cond: Mapping[str, Any], uncond: Optional[Mapping[str, Any]],

@@ -1,8 +1,8 @@
 """What training one stage means: a sample → (x0, condition), the loss module, the sample grid, the export.
 
-Conditions are built by the pipeline's own functions (`CascadePipeline._prior_cond`,
-`_decoder_cond`, `_prior_scale`, and `lowres_condition` for the super-resolution stages), so a
-network is trained on exactly the dicts it is sampled with. Per-sample randomness (t, noise,
+Conditions are built by the functions the pipeline samples with (`prior_condition`,
+`decoder_condition`, `Stage.embed_to_data`, and `lowres_condition` for the super-resolution
+stages), so a network is trained on exactly the dicts it is sampled with. Per-sample randomness (t, noise,
 condition drops, crops, augmentation) is drawn in `fetch` from the sample's own generator
 (see cascade.train.data), so it does not depend on the process layout or on resuming.
 """
@@ -22,18 +22,10 @@ from ..checkpoint import INDEX_NAME, read_json, save_stage, write_json
 from ..clip import TextEncoding
 from ..degrade import lowres_condition, upsample
 from ..images import grid, tensor_to_pil
-from ..pipeline import CascadePipeline
+from ..pipeline import CascadePipeline, decoder_condition, prior_condition
 from ..stage import Stage
 from .config import TrainConfig
 from .data import EmbeddingCache, Source, embedding_file_cache, encode_captions, encode_items
-
-
-class PipelineView:
-    """The attributes CascadePipeline's condition builders read, for calling them without a whole cascade."""
-
-    def __init__(self, clip: Any, stages: dict[str, Stage]):
-        self.clip = clip
-        self.stages = stages
 
 
 def _text(batch: dict[str, Tensor]) -> TextEncoding:
@@ -109,7 +101,6 @@ class StageTask(Task):
         self.role = stage.role
         self.stage = stage
         self.config = stage.config
-        self.view = PipelineView(clip, {self.role: stage})
         self.T = stage.schedule.num_timesteps
 
     def build_module(self) -> nn.Module:
@@ -174,7 +165,7 @@ class PriorTask(StageTask):
                 **self.cache.text(index)}
 
     def prepare(self, batch: dict[str, Any]) -> tuple:
-        cond = CascadePipeline._prior_cond(self.view, _text(batch), batch["text_drop"])
+        cond = prior_condition(_text(batch), batch["text_drop"])
         return batch["x0"], cond, batch["t"], batch["noise"]
 
     @torch.no_grad()
@@ -190,7 +181,7 @@ class PriorTask(StageTask):
             z_i = cache.image_embed[:k].float()
             text = TextEncoding(*(torch.stack([r[key] for r in rows]) for key in EmbeddingCache.TEXT_KEYS))
         drop = torch.zeros(k, dtype=torch.bool)
-        cond = CascadePipeline._prior_cond(self.view, text, drop)
+        cond = prior_condition(text, drop)
         uncond = {**cond, "text_drop": torch.ones_like(drop)}
         g = torch.Generator().manual_seed(self.train.seed)
         z = stage.data_to_embed(stage.sample((k, z_i.shape[1]), cond, uncond, generator=g))
@@ -223,7 +214,7 @@ class DecoderTask(StageTask):
                 "image_embed": self.cache.image_embed[index].float(), **self.cache.text(index)}
 
     def prepare(self, batch: dict[str, Any]) -> tuple:
-        cond = CascadePipeline._decoder_cond(self.view, batch["image_embed"], _text(batch), batch["image_drop"],
+        cond = decoder_condition(self.stage, batch["image_embed"], _text(batch), batch["image_drop"],
                                              batch["text_drop"])
         x0, noise = self._images_in(batch["x0"], batch["noise"])
         return x0, cond, batch["t"], noise
@@ -384,5 +375,5 @@ def make_task(role: str, train: TrainConfig, clip: Any, source: Source, eval_sou
     return cls(stage, train, clip, source, eval_source)
 
 
-__all__ = ["ClipTask", "DecoderTask", "DiffusionLoss", "PipelineView", "PriorTask", "SuperResTask", "Task",
+__all__ = ["ClipTask", "DecoderTask", "DiffusionLoss", "PriorTask", "SuperResTask", "Task",
            "make_task"]
