@@ -28,6 +28,10 @@ CONFIG_NAME = "config.json"
 INDEX_NAME = "model_index.json"
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 class CheckpointError(ValueError):
     """A model folder that cannot be loaded as it is."""
 
@@ -40,6 +44,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp (and safetensors) make 0600; a model is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -264,3 +264,9 @@ def test_fp16_export_loads_and_is_half_the_size(micro_pipe, micro_dir, tmp_path)
     loaded = CascadePipeline.from_pretrained(tmp_path / "half", progress=False)
     assert next(loaded.stages["decoder"].parameters()).dtype == torch.float32  # computed in fp32
     assert loaded("a red circle", seed=0, final_size=64)[0].size == (64, 64)
+
+
+def test_model_files_are_readable_by_others(micro_dir):
+    for f in micro_dir.rglob("*"):
+        if f.is_file():
+            assert f.stat().st_mode & 0o044, f  # not mkstemp's 0600
