@@ -12,9 +12,8 @@ Two kinds of weights are recognised by their classifier size:
   pytorch-fid (``pt_inception-2015-12-05-6726825d.pth``). Its blocks differ from
   torchvision's in their pooling branch (TF's average pool leaves padding out of the mean;
   the last block max-pools), patched here as pytorch-fid does, so the numbers are the
-  standard FID. Convert that file once, e.g.
-  ``python -c "import torch, safetensors.torch as s; s.save_file(torch.load('pt_inception-2015-12-05-6726825d.pth',
-  weights_only=True), 'pt_inception-2015-12-05.safetensors')"``.
+  standard FID. cascade reads safetensors only: convert that .pth once, outside cascade and
+  in an environment you trust (load its state dict, `safetensors.torch.save_file` it).
 - 1000 classes: torchvision's ImageNet weights. Usable, but their FID is not comparable
   with published numbers (reported as ``variant: torchvision``).
 
