@@ -1,0 +1,255 @@
+"""The summary and the Markdown report of `cascade bench` (from its result dict alone)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+SPEEDUP_TARGET = 1.5  # per-network eval at equal size vs the faster peer (issue 5)
+SECONDS_TARGET = 20.0  # text -> one 1024² image
+RSS_TARGET_MB = 2048.0  # peak resident memory of that generation
+NAMES = {"cascade": "cascade", "diffusers": "diffusers", "dalle2": "DALLE2-pytorch"}
+
+
+def speedups(entry: dict[str, Any]) -> dict[str, Any]:
+    """One network's ratios (> 1: cascade is faster). `vs_pipeline`: the faster peer at its best mode
+    against cascade at the settings its pipeline samples with (fp32, NCHW); `best_vs_best`: both at
+    their best mode; `same_mode`: the faster peer against cascade, mode by mode."""
+    ms = entry["ms"]
+    impls = list(ms["fp32"])
+    peers = [i for i in impls if i != "cascade"]
+    if not peers:
+        return {}
+    best_mode = {i: min(ms, key=lambda m: ms[m][i]) for i in impls}
+    best = {i: ms[best_mode[i]][i] for i in impls}
+    faster = min(peers, key=best.get)
+    return {
+        "faster_peer": faster, "faster_peer_ms": best[faster], "faster_peer_mode": best_mode[faster],
+        "cascade_pipeline_ms": ms["fp32"]["cascade"], "cascade_best_ms": best["cascade"],
+        "cascade_best_mode": best_mode["cascade"],
+        "vs_pipeline": best[faster] / ms["fp32"]["cascade"],
+        "best_vs_best": best[faster] / best["cascade"],
+        "same_mode": {m: min(ms[m][p] for p in peers) / ms[m]["cascade"] for m in ms},
+        "per_peer": {m: {p: ms[m][p] / ms[m]["cascade"] for p in peers} for m in ms},
+    }
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """The `summary` object: the smallest speedups over the networks, text -> 1024 seconds, peak RSS, targets."""
+    rows = [(f"{e['network']}/{e['size']}", speedups(e)) for e in result.get("networks", [])]
+    rows = [(name, s) for name, s in rows if s]
+    out: dict[str, Any] = {"speedup_target": SPEEDUP_TARGET, "text_to_1024_target_seconds": SECONDS_TARGET,
+                           "peak_rss_target_mb": RSS_TARGET_MB}
+
+    def smallest(key: str) -> tuple[Optional[float], Optional[str]]:
+        if not rows:
+            return None, None
+        name, s = min(rows, key=lambda r: r[1][key])
+        return s[key], name
+
+    out["min_speedup_vs_peers"], out["min_speedup_network"] = smallest("vs_pipeline")
+    out["min_speedup_best_vs_best"], out["min_speedup_best_vs_best_network"] = smallest("best_vs_best")
+    same = [(f"{name} {m}", v) for name, s in rows for m, v in s["same_mode"].items()]
+    case, value = min(same, key=lambda x: x[1]) if same else (None, None)
+    out["min_speedup_same_mode"], out["min_speedup_same_mode_case"] = value, case
+    out["speedups"] = {name: {"vs_pipeline": s["vs_pipeline"], "best_vs_best": s["best_vs_best"],
+                              "same_mode": s["same_mode"], "faster_peer": s["faster_peer"]} for name, s in rows}
+    v = out["min_speedup_vs_peers"]
+    out["speedup_target_reached"] = None if v is None else v >= SPEEDUP_TARGET
+    e2e = result.get("e2e")
+    out["text_to_1024_seconds"] = e2e["seconds"] if e2e else None
+    out["text_to_1024_first_seconds"] = e2e["first_seconds"] if e2e else None  # the first call of a process
+    out["text_to_1024_cold_seconds"] = e2e["load_seconds"] + e2e["first_seconds"] if e2e else None  # + loading
+    out["peak_rss_mb"] = e2e["peak_rss_mb"] if e2e else None
+    out["text_to_1024_target_reached"] = None if not e2e else e2e["seconds"] <= SECONDS_TARGET
+    out["peak_rss_target_reached"] = None if not e2e else e2e["peak_rss_mb"] <= RSS_TARGET_MB
+    tr = result.get("training")
+    if tr:
+        sps = tr["samples_per_second"]
+        out["decoder_training_samples_per_second"] = sps
+        out["training_speedup_vs_dalle2"] = sps["cascade"] / sps["dalle2"] if "dalle2" in sps else None
+    out["threads"] = result["machine"]["threads"]
+    out["loadavg_start"] = result["machine"]["loadavg_start"]
+    return out
+
+
+# ---------------------------------------------------------------------------- Markdown
+def _m(n: float) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def _ms(x: Optional[float]) -> str:
+    return "–" if x is None else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
+
+
+def _x(r: Optional[float]) -> str:
+    return "–" if r is None else f"{r:.2f}×"
+
+
+def _yes(flag: Optional[bool]) -> str:
+    return "not measured" if flag is None else ("**reached**" if flag else "**not reached**")
+
+
+def network_table(result: dict[str, Any]) -> list[str]:
+    peak = result["matmul_peak_gflops"]
+    lines = ["| network | size | implementation | params | GFLOP/eval | fp32 ms | fp32 CL ms | bf16 CL ms "
+             "| % of peak (fp32 / bf16) | cascade's speedup (fp32 / fp32 CL / bf16 CL) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for e in result["networks"]:
+        ms = e["ms"]
+        for impl in ms["fp32"]:
+            frac = e["peak_fraction"]
+            f32 = max(frac[m][impl] for m in frac if m.startswith("fp32"))
+            b16 = frac.get("bf16_cl", {}).get(impl)
+            ratio = "" if impl == "cascade" else " / ".join(
+                _x(ms[m][impl] / ms[m]["cascade"]) if m in ms else "–" for m in ("fp32", "fp32_cl", "bf16_cl"))
+            lines.append(
+                f"| {e['network'] if impl == 'cascade' else ''} | {e['size'] if impl == 'cascade' else ''} "
+                f"| {NAMES[impl]} | {_m(e['params'][impl])} | {e['flops'][impl] / 1e9:.2f} "
+                f"| {_ms(ms['fp32'][impl])} | {_ms(ms.get('fp32_cl', {}).get(impl))} | {_ms(ms['bf16_cl'][impl])} "
+                f"| {100 * f32:.1f}% / {'–' if b16 is None else f'{100 * b16:.1f}%'} | {ratio} |")
+    lines.append("")
+    lines.append(f"Peak: {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16 (the best 2048² matmul "
+                 "of the run, at the start and the end). CL = channels-last (the prior has no convolutions: its "
+                 "bf16 column is bf16 autocast alone). A ratio is the peer's ms over cascade's in the same mode.")
+    return lines
+
+
+def speedup_table(result: dict[str, Any]) -> list[str]:
+    lines = ["| network | size | faster peer (its best mode) | cascade, pipeline settings (fp32) | ratio "
+             "| cascade, best mode | ratio best vs best | target 1.5× |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for e in result["networks"]:
+        s = speedups(e)
+        if not s:
+            continue
+        ok = "yes" if s["vs_pipeline"] >= SPEEDUP_TARGET else "no"
+        lines.append(f"| {e['network']} | {e['size']} | {NAMES[s['faster_peer']]}: {_ms(s['faster_peer_ms'])} ms "
+                     f"({s['faster_peer_mode']}) | {_ms(s['cascade_pipeline_ms'])} ms | {_x(s['vs_pipeline'])} "
+                     f"| {_ms(s['cascade_best_ms'])} ms ({s['cascade_best_mode']}) | {_x(s['best_vs_best'])} | {ok} |")
+    return lines
+
+
+def slower_cases(result: dict[str, Any]) -> list[str]:
+    """Every network and mode where a peer beat cascade, with the numbers (same mode, and the
+    peer's best mode against cascade's pipeline settings)."""
+    out = []
+    for e in result["networks"]:
+        sp = speedups(e)
+        if sp and sp["vs_pipeline"] < 1:
+            out.append(f"- {e['network']} ({e['size']}), cascade at its pipeline's fp32 settings: "
+                       f"{_ms(sp['cascade_pipeline_ms'])} ms against {NAMES[sp['faster_peer']]} "
+                       f"{_ms(sp['faster_peer_ms'])} ms in {sp['faster_peer_mode']} "
+                       f"(cascade {1 / sp['vs_pipeline']:.2f}× slower)")
+        for mode, by_impl in e["ms"].items():
+            c = by_impl["cascade"]
+            for impl, v in by_impl.items():
+                if impl != "cascade" and v < c:
+                    out.append(f"- {e['network']} ({e['size']}, {mode}): {NAMES[impl]} {_ms(v)} ms, "
+                               f"cascade {_ms(c)} ms (cascade {c / v:.2f}× slower)")
+    return out
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    s = result["summary"]
+    peers = result.get("peers")
+    L = ["# cascade bench", "",
+         f"Written by `{result['command']}` ({'quick' if result['quick'] else 'full'} run, "
+         f"{result['wall_seconds'] / 60:.1f} min). Reproduce: `python tools/bench.py --setup-peers DIR` once, then "
+         "`cascade bench --peers DIR` (or `cascade bench --quick --json FILE`).", "",
+         "## Conditions", "",
+         f"- CPU: {m['cpu']}, {m['cores']} cores; AMX: {'yes' if m['amx'] else 'no'}, avx512_bf16: "
+         f"{'yes' if m['avx512_bf16'] else 'no'}. Every implementation ran with {m['threads']} torch threads.",
+         f"- cascade: torch {m['torch']}, Python {m['python']}. Peers (their own venv, a subprocess talking JSON): "
+         + (f"torch {peers['torch']}, diffusers {peers['diffusers']}, dalle2-pytorch {peers['dalle2_pytorch']}."
+            if peers else "not run (no peers' environment)."),
+         f"- Load average at the start {m['loadavg_start'][0]:.2f}, at the end {m['loadavg_end'][0]:.2f}."
+         + (f" {result['note']}" if result.get("note") else ""),
+         f"- Timing: {result['repeats']} rounds per network and mode after two warm-up calls, interleaved between "
+         "implementations (the order rotating every round) so that machine noise hits all alike; the median is "
+         "reported. Short calls are grouped (≥ 50 ms per sample). All under `torch.inference_mode()`; FLOPs from "
+         "`torch.utils.flop_counter.FlopCounterMode` (fp32 call).", ""]
+    L += ["## Targets", "",
+          "| target | measured | |", "| --- | --- | --- |",
+          f"| every network ≥ 1.5× faster than the faster peer at equal size | smallest ratio "
+          f"{_x(s['min_speedup_vs_peers'])} ({s['min_speedup_network']}; cascade at its pipeline's fp32 settings, "
+          f"peers at their best mode) | {_yes(s['speedup_target_reached'])} |",
+          f"| (same, both at their best mode) | {_x(s['min_speedup_best_vs_best'])} "
+          f"({s['min_speedup_best_vs_best_network']}) | "
+          f"{_yes(None if s['min_speedup_best_vs_best'] is None else s['min_speedup_best_vs_best'] >= SPEEDUP_TARGET)} |",
+          f"| text → one 1024² image ≤ 20 s | {_sec(s['text_to_1024_seconds'])} | {_yes(s['text_to_1024_target_reached'])} |",
+          f"| peak RSS ≤ 2 GB | {_mb(s['peak_rss_mb'])} | {_yes(s['peak_rss_target_reached'])} |", ""]
+    L += ["## Per network", ""] + network_table(result) + [""]
+    if any(speedups(e) for e in result["networks"]):
+        L += ["## Speedup against the faster peer", ""] + speedup_table(result) + [""]
+        slower = slower_cases(result)
+        L += ["Where a peer was faster than cascade:", ""] + (slower or ["- nowhere: cascade was the fastest in "
+                                                                          "every network and mode."]) + [""]
+    errors = [f"- {e['network']} ({e['size']}), {NAMES.get(p, p)}: {msg}" for e in result["networks"]
+              for p, msg in e.get("errors", {}).items()]
+    if errors:
+        L += ["Peers that could not be built or run at a size (left out of the ratios):", ""] + errors + [""]
+    e2e = result.get("e2e")
+    if e2e:
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in e2e["stage_seconds"].items())
+        L += ["## Text → 1024", "",
+              f"Model: {e2e['origin']} (`{e2e['model']}`), the pipeline's defaults (bf16 {e2e['bf16']}), prompt "
+              f"\"{e2e['prompt']}\", in a fresh process with {e2e['threads']} threads.", "",
+              "| | seconds |", "| --- | ---: |",
+              f"| load the model folder | {e2e['load_seconds']:.2f} |",
+              f"| first generation (cold: kernels are chosen on first use) | {e2e['first_seconds']:.2f} |",
+              f"| generation (median of {e2e['repeats']} after it) | {e2e['seconds']:.2f} |", "",
+              f"Per stage: {stages}. Peak RSS {e2e['peak_rss_mb']:.0f} MB.", ""]
+    tr = result.get("training")
+    if tr:
+        sps = tr["samples_per_second"]
+        L += ["## Decoder training", "",
+              f"Optimizer steps at the shipped decoder size, batch {tr['batch']}: cascade's recipe "
+              f"(bf16 {tr['bf16']}, channels-last {tr['channels_last']}, attention {tr['attention']}, min-SNR loss, "
+              "gradient clipping, fused AdamW) against DALLE2-pytorch's `Decoder` loss with the same settings; "
+              "no data loading or EMA on either side.", "",
+              "| implementation | params | s/step | samples/s |", "| --- | ---: | ---: | ---: |"]
+        for impl in sps:
+            L.append(f"| {NAMES[impl]} | {_m(tr['params'][impl])} | {tr['seconds'][impl]:.2f} | {sps[impl]:.1f} |")
+        if s.get("training_speedup_vs_dalle2"):
+            L += ["", f"cascade trains {s['training_speedup_vs_dalle2']:.2f}× the samples/s of DALLE2-pytorch."]
+        L.append("")
+    L += METHOD
+    return "\n".join(L) + "\n"
+
+
+def _sec(x: Optional[float]) -> str:
+    return "not measured" if x is None else f"{x:.2f} s"
+
+
+def _mb(x: Optional[float]) -> str:
+    return "not measured" if x is None else f"{x:.0f} MB"
+
+
+METHOD = [
+    "## How the peers are configured", "",
+    "Every peer network is built at cascade's size in the same run (`cascade/bench_worker.py`), fed inputs of "
+    "cascade's shapes and the batch one image is made with (prior: 2 candidates × 2 guidance halves = 4; decoder: 2; "
+    "SR: 1). cascade's UNets pixel-unshuffle their input by the config's `patch_size`; the peers cannot, so they get "
+    "the unshuffled input (and shuffle their output back) inside the timed call, and run at the same internal "
+    "resolution with the same input/output channels.", "",
+    "- **diffusers** `PriorTransformer` as Karlo's prior: cascade's depth, heads and width. It reads token states "
+    "`embedding_dim` wide (cascade: `text_width`), hence a few thousand parameters more.",
+    "- **diffusers** decoder: `UnCLIPTextProjModel` + `UNet2DConditionModel` as Karlo's (SimpleCrossAttn blocks where "
+    "cascade has attention, `UNetMidBlock2DSimpleCrossAttn`, scale-shift resnets with BigGAN resampling, "
+    "class_embed_type identity), block for block cascade's widths and levels; GroupNorm-32 where cascade's shapes "
+    "configs use a per-pixel LayerNorm (same parameter count).",
+    "- **diffusers** SR: `UNet2DModel` with ResnetDownsample/Upsample blocks, no attention, scale-shift resnets and "
+    "a timestep class embedding for the augmentation level: exactly cascade's parameter count.",
+    "- **DALLE2-pytorch** `DiffusionPriorNetwork`: cascade's depth, heads and head width; its embeddings are as wide "
+    "as its transformer, so it reads width-wide inputs; its SwiGLU `ff_mult` is set so that the parameter count "
+    "matches cascade's.",
+    "- **DALLE2-pytorch** `Unet`: cascade's levels, resblocks per level and attention levels, a 3×3 input "
+    "convolution (not its 3/7/15 cross-embed default), its base width `dim` set so that the parameter count "
+    "matches cascade's (its blocks are larger at the same width). For SR its always-built middle attention is "
+    "removed (cascade's and the paper's SR networks have none; its forward skips a `None`).", "",
+    "Modes: `fp32` = fp32, NCHW tensors (what `CascadePipeline` samples with: its `bf16` option is off by default "
+    "and it does not convert to channels-last); `fp32 CL` = fp32 with channels-last weights and inputs; `bf16 CL` = "
+    "bf16 autocast + channels-last. Every implementation is timed in every mode; the headline ratio is the "
+    "conservative one: the faster peer at its best mode against cascade at its pipeline's settings.",
+]

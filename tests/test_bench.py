@@ -1,0 +1,144 @@
+"""`cascade bench`: the summary and report logic on a made-up result, a real (tiny) cascade-only run,
+the command-line registration, and — where the peers' environment exists — the peers' parameter
+counts against cascade's at the shipped sizes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from cascade import bench
+from cascade.bench_report import render_markdown, speedups, summarize
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _entry(network: str, cascade_ms: dict, diffusers_ms: dict, dalle2_ms: dict) -> dict:
+    ms = {m: {"cascade": cascade_ms[m], "diffusers": diffusers_ms[m], "dalle2": dalle2_ms[m]} for m in cascade_ms}
+    flops = {"cascade": 1e9, "diffusers": 1e9, "dalle2": 1.1e9}
+    return {"network": network, "size": "shipped", "batch": 1, "params": {"cascade": 10, "diffusers": 10, "dalle2": 11},
+            "flops": flops, "ms": ms, "errors": {},
+            "peak_fraction": {m: {i: flops[i] / (v * 1e-3) / 1e11 for i, v in by.items()} for m, by in ms.items()}}
+
+
+def _result() -> dict:
+    modes = ("fp32", "fp32_cl", "bf16_cl")
+    prior = _entry("prior", {"fp32": 10, "bf16_cl": 6}, {"fp32": 20, "bf16_cl": 18}, {"fp32": 30, "bf16_cl": 12})
+    sr = _entry("sr256", dict(zip(modes, (100, 80, 50))), dict(zip(modes, (90, 85, 60))), dict(zip(modes, (200, 150, 120))))
+    return {"command": "cascade bench", "quick": True, "wall_seconds": 60.0, "repeats": 3, "note": "a training job ran",
+            "machine": {"cpu": "x", "cores": 2, "threads": 2, "torch": "2", "python": "3.11", "amx": False,
+                        "avx512_bf16": True, "loadavg_start": [2.0, 2.0, 2.0], "loadavg_end": [2.5, 2.0, 2.0]},
+            "peers": {"torch": "2", "diffusers": "0.1", "dalle2_pytorch": "1.0"},
+            "matmul_peak_gflops": {"fp32": 100.0, "bf16": 300.0}, "networks": [prior, sr],
+            "e2e": {"seconds": 12.0, "first_seconds": 15.0, "load_seconds": 1.0, "peak_rss_mb": 1500.0, "repeats": 2,
+                    "stage_seconds": {"prior": 1.0}, "origin": "init", "model": "m", "bf16": False, "prompt": "p",
+                    "threads": 2},
+            "training": {"batch": 32, "bf16": True, "channels_last": True, "attention": "matmul",
+                         "params": {"cascade": 10, "dalle2": 11}, "seconds": {"cascade": 1.0, "dalle2": 2.0},
+                         "samples_per_second": {"cascade": 32.0, "dalle2": 16.0}}}
+
+
+def test_speedups_take_the_faster_peer_at_its_best_mode():
+    s = speedups(_result()["networks"][1])
+    assert s["faster_peer"] == "diffusers" and s["faster_peer_mode"] == "bf16_cl"
+    assert s["vs_pipeline"] == pytest.approx(60 / 100)  # cascade's pipeline settings: fp32
+    assert s["best_vs_best"] == pytest.approx(60 / 50)
+    assert s["same_mode"]["fp32"] == pytest.approx(90 / 100)
+    assert s["per_peer"]["fp32_cl"]["dalle2"] == pytest.approx(150 / 80)
+
+
+def test_summary_fields():
+    result = _result()
+    s = summarize(result)
+    for key in ("min_speedup_vs_peers", "text_to_1024_seconds", "peak_rss_mb", "min_speedup_best_vs_best",
+                "min_speedup_same_mode", "speedup_target_reached", "text_to_1024_target_reached",
+                "peak_rss_target_reached", "training_speedup_vs_dalle2"):
+        assert key in s, key
+    assert s["min_speedup_vs_peers"] == pytest.approx(0.6) and s["min_speedup_network"] == "sr256/shipped"
+    assert s["speedup_target_reached"] is False
+    assert s["text_to_1024_seconds"] == 12.0 and s["text_to_1024_target_reached"] is True
+    assert s["peak_rss_mb"] == 1500.0 and s["peak_rss_target_reached"] is True
+    assert s["training_speedup_vs_dalle2"] == pytest.approx(2.0)
+    assert s["min_speedup_same_mode"] == pytest.approx(0.9)
+    json.dumps(s)
+
+
+def test_summary_without_peers_has_no_ratio():
+    result = _result()
+    for e in result["networks"]:
+        e["ms"] = {m: {"cascade": by["cascade"]} for m, by in e["ms"].items()}
+    s = summarize(result)
+    assert s["min_speedup_vs_peers"] is None and s["speedup_target_reached"] is None
+
+
+def test_markdown_reports_where_cascade_is_slower():
+    result = _result()
+    result["summary"] = summarize(result)
+    md = render_markdown(result)
+    assert "| network | size | implementation | params |" in md
+    assert "sr256 (shipped, fp32): diffusers 90.0 ms, cascade 100 ms" in md
+    assert "**not reached**" in md and "a training job ran" in md
+
+
+def test_cascade_bench_is_a_command():
+    from cascade.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--json", "x.json", "--threads", "1"])
+    assert args.func is bench.cmd_bench and args.quick and args.json == "x.json" and args.threads == 1
+
+
+def test_peer_requirements_pin_cascades_torch():
+    import torch
+
+    reqs = bench.peer_requirements()
+    assert reqs[0] == f"torch=={torch.__version__.split('+')[0]}"
+    assert "diffusers" in reqs and "dalle2-pytorch" in reqs
+
+
+def _args(**kw) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    args = p.parse_args([])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_a_tiny_run_of_cascade_alone(tmp_path):
+    """The real code path on the micro networks, without peers, training or text -> 1024."""
+    args = _args(config=str(REPO / "configs" / "micro.toml"), peers=None, quick=True, repeats=1, threads=1,
+                 networks="prior,decoder", no_train=True, no_e2e=True, silent=True, json=str(tmp_path / "b.json"))
+    bench.cmd_bench(args)
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert (tmp_path / "b.md").read_text().startswith("# cascade bench")
+    assert [e["network"] for e in result["networks"]] == ["prior", "decoder"]
+    prior, decoder = result["networks"]
+    assert set(prior["ms"]) == {"fp32", "bf16_cl"} and set(decoder["ms"]) == {"fp32", "fp32_cl", "bf16_cl"}
+    assert prior["batch"] == 4 and decoder["batch"] == 2  # one image: guidance halves x prior candidates
+    assert decoder["flops"]["cascade"] > 0 and 0 < decoder["peak_fraction"]["fp32"]["cascade"] < 1.5
+    assert result["summary"]["min_speedup_vs_peers"] is None and result["peers"] is None
+
+
+def _peers_python():
+    return bench.peer_python(bench.DEFAULT_PEERS)
+
+
+@pytest.mark.skipif(_peers_python() is None, reason="no peers' environment (tools/bench.py --setup-peers DIR; "
+                                                    "$CASCADE_BENCH_PEERS)")
+def test_peers_match_cascades_parameter_counts_at_the_shipped_sizes():
+    specs = bench.network_configs(REPO / "configs" / "shapes.toml")
+    client = bench.PeerClient(_peers_python(), threads=1)
+    try:
+        for role, spec in specs.items():
+            runner = bench.cascade_runner(role, spec["network"], spec["class"], 1)
+            n = bench.count(runner.module)
+            for peer, tolerance in (("diffusers", 0.01), ("dalle2", 0.10)):
+                reply = client.ask(cmd="build", key=f"{role}-{peer}", peer=peer, kind=bench.KIND[role],
+                                   config=spec["network"], batch=1, target=n, trial=False)
+                assert abs(reply["params"] - n) <= tolerance * n, (role, peer, reply["params"], n)
+                client.ask(cmd="drop", key=f"{role}-{peer}")
+    finally:
+        client.close()
