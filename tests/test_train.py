@@ -119,6 +119,24 @@ def test_loss_decreases_on_a_fixed_batch(role, micro_pipe, micro_config, micro_d
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
 
 
+def test_loss_weighting_plain_keeps_the_high_noise_steps(micro_config):
+    """min_snr weights a v-loss by min(SNR, γ)/(SNR + 1) → 0 at t ≈ T; plain keeps weight 1 there."""
+    from cascade.stage import Stage
+    from cascade.train.tasks import DiffusionLoss, make_task
+
+    stage = Stage(micro_config.stages["sr256"])
+    assert stage.config.diffusion.parametrization == "v"
+    gammas = {}
+    for weighting in ("min_snr", "plain"):
+        train = train_config_from_table("sr256", {"loss_weighting": weighting, "min_snr_gamma": 5.0})
+        module = make_task("sr256", train, None, None, None, stage).build_module()
+        assert isinstance(module, DiffusionLoss)
+        gammas[weighting] = module.min_snr_gamma
+    assert gammas == {"min_snr": 5.0, "plain": None}
+    with pytest.raises(Exception, match="loss_weighting"):
+        train_config_from_table("sr256", {"loss_weighting": "snr"})
+
+
 # ------------------------------------------------------------------ every stage, end to end
 @pytest.mark.parametrize("stage,extra", [
     ("clip", ["--set", "batch_size=4"]),

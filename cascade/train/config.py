@@ -36,6 +36,10 @@ class TrainConfig:
     ema_warmup: bool = True  # decay_n = min(ema_decay, (1 + n) / (10 + n)): early weights fade fast
     mixed_precision: Literal["no", "bf16"] = "bf16"  # bf16 autocast (AMX on CPU), fp32 master weights
     min_snr_gamma: Optional[float] = 5.0  # Min-SNR-γ loss weighting (Hang et al. 2023); None: off
+    loss_weighting: Literal["min_snr", "plain"] = "min_snr"  # plain: the parametrisation's own MSE
+    #   (min_snr_gamma unused). Min-SNR gives v- and x0-prediction a weight → 0 at high noise
+    #   (min(SNR, γ)/(SNR + 1) on the v-loss); trained briefly, such a UNet's x0 estimate near t = T
+    #   is high-frequency junk that sampling from pure noise never removes (seen on the shapes decoder)
     # classifier-free guidance: condition drop probabilities
     text_drop_prob: float = 0.1  # prior: drop the text condition (DALL·E 2 §2.2)
     image_drop_prob: float = 0.1  # decoder: drop the CLIP image embedding (DALL·E 2 §2.1)

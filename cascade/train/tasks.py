@@ -104,7 +104,8 @@ class StageTask(Task):
         self.T = stage.schedule.num_timesteps
 
     def build_module(self) -> nn.Module:
-        return DiffusionLoss(self.stage, self.train.min_snr_gamma)
+        gamma = self.train.min_snr_gamma if self.train.loss_weighting == "min_snr" else None
+        return DiffusionLoss(self.stage, gamma)
 
     def _diffusion(self, shape: tuple[int, ...], g: torch.Generator) -> dict[str, Tensor]:
         return {"t": torch.randint(0, self.T, (), generator=g), "noise": torch.randn(shape, generator=g)}
