@@ -44,8 +44,8 @@ PEERS = ("diffusers", "dalle2")
 BASE = {
     "prior": {"width": 512, "layers": 8, "heads": 8},
     "decoder": {"model_channels": 192, "head_dim": 64, "context_dim": 384},
-    "sr256": {"model_channels": 64, "num_res_blocks": 2},
-    "sr1024": {"model_channels": 64},
+    "sr256": {"model_channels": 64},
+    "sr1024": {"model_channels": 48},
 }
 
 

@@ -182,6 +182,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     L += ["## Per network", ""] + network_table(result) + [""]
     if any(speedups(e) for e in result["networks"]):
         L += ["## Speedup against the faster peer", ""] + speedup_table(result) + [""]
+        gains = [f"{e['network']} ({e['size']}) {e['ms']['fp32']['cascade'] / speedups(e)['cascade_best_ms']:.2f}× "
+                 f"({speedups(e)['cascade_best_mode']})" for e in result["networks"] if speedups(e)]
+        L += ["cascade's own gain from its best mode over the fp32 NCHW its pipeline samples with: "
+              + ", ".join(gains) + ".", ""]
         slower = slower_cases(result)
         L += ["Where a peer was faster than cascade:", ""] + (slower or ["- nowhere: cascade was the fastest in "
                                                                           "every network and mode."]) + [""]
