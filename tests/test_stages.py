@@ -310,3 +310,14 @@ def test_dalle2_is_a_complete_model_config():
     budget = {role: s.sampling.steps for role, s in config.stages.items()}
     assert budget == {"prior": 64, "decoder": 250, "sr256": 27, "sr1024": 15}
     assert config.stages["decoder"].diffusion.data_channels == 3
+
+
+def test_fixed_length_tuples_round_trip_through_config_dicts():
+    """tuple[float, float] fields (the SR degradation's blur range) survive to_dict → from_dict:
+    a saved SR-1024 stage's config.json must load back to the same config and save again."""
+    from cascade.config import from_dict, to_dict
+    from cascade.stage import AugmentationConfig
+
+    aug = AugmentationConfig(kind="degrade", max_level=0.3, blur_sigma=(0.4, 0.6))
+    back = from_dict(AugmentationConfig, to_dict(aug), where="augmentation")
+    assert back == aug and back.blur_sigma == (0.4, 0.6)
