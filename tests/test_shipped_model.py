@@ -1,0 +1,83 @@
+"""The shipped default model (cascade/weights/shapes) follows its prompts: judged on a fixed,
+seeded set of ShapeWorld captions, every stage's output must clear a floor set a little below
+what the committed weights measure (docs/shipped-model.md), so that a regression in any stage
+(a broken checkpoint, a sampler or conditioning change, an SR stage that smears what the decoder
+drew) fails here. The floors are regression guards, not the quality targets of issue 3."""
+
+import pytest
+
+from cascade.data import caption, judge, score
+from cascade.data.judge import accuracy
+from cascade.eval.judging import pipeline_generator, shapeworld_items
+from cascade.pipeline import DEFAULT_MODEL_DIR, CascadePipeline
+
+# Per output size: a little below what the committed weights measure with this file's prompts and
+# seeds (docs/shipped-model.md), so that noise in the judge does not fail CI but a broken stage does.
+# Measured (seed 7): 64 px background 1.00, colour 0.33, count 0.33, shape 0.21, size 0.25,
+# position 0.08, full 0.04; 256 px the same but colour and count 0.38. Shape, size, position and
+# full match are still at chance for this under-trained model, so only the attributes it has
+# learned carry a floor.
+FLOORS = {
+    64: {"background": 0.9, "colour": 0.2, "count": 0.2},
+    256: {"background": 0.9, "colour": 0.2, "count": 0.2},
+}
+N_SINGLE = 24
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    assert DEFAULT_MODEL_DIR.is_dir(), f"the shipped model is missing: {DEFAULT_MODEL_DIR}"
+    return CascadePipeline.from_pretrained(DEFAULT_MODEL_DIR, progress=False)
+
+
+def test_shipped_model_is_complete(shipped):
+    assert set(shipped.stages) == {"prior", "decoder", "sr256", "sr1024"}
+    assert shipped.stages["sr1024"].config.resolution == 1024
+    size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file())
+    assert size < 62e6, f"shipped weights are {size / 1e6:.1f} MB"
+
+
+@pytest.fixture(scope="module")
+def judged(shipped):
+    """24 seeded in-distribution single-object captions, default settings, the 64 and 256 outputs."""
+    items = [it for it in shapeworld_items(54, seed=1234) if it[0] == "single_in"][:N_SINGLE]
+    scenes = [s for _, s in items]
+    outputs = pipeline_generator(shipped, size=256)([caption(s) for s in scenes], 7)
+    return scenes, outputs, {size: [score(judge(img, s), s) for img, s in zip(outputs[size], scenes)]
+                             for size in FLOORS}
+
+
+@pytest.mark.parametrize("size", sorted(FLOORS))
+def test_shipped_model_follows_single_object_prompts(judged, size):
+    _, outputs, scores = judged
+    assert outputs[size].shape == (N_SINGLE, 3, size, size)
+    acc = accuracy(scores[size])
+    for attr, floor in FLOORS[size].items():
+        assert acc[attr] >= floor, f"{size}px {attr}: {acc[attr]:.2f} < floor {floor} ({acc})"
+
+
+def test_shipped_model_beats_shuffled_prompts(judged):
+    """The images match their own captions far better than someone else's: the model is conditioned."""
+    scenes, outputs, scores = judged
+    images, scores = outputs[64], scores[64]
+    shuffled = scenes[1:] + scenes[:1]
+    own = accuracy(scores)
+    other = accuracy([score(judge(img, s), s) for img, s in zip(images, shuffled)])
+    assert own["colour"] > other["colour"] + 0.15, (own, other)  # measured 0.33 against 0.08
+
+
+def test_cli_generate_uses_the_shipped_model_at_1024(tmp_path, capsys):
+    """The README's first command: no --model, default settings, a 1024×1024 image that the judge
+    reads as the prompt's colour and background."""
+    from cascade.cli import main
+    from cascade.data import parse_caption
+
+    prompt = "a large red circle in the center on a white background"
+    out = tmp_path / "circle.png"
+    assert main(["generate", prompt, "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    from PIL import Image
+
+    image = Image.open(out)
+    assert image.size == (1024, 1024) and image.mode == "RGB"
+    result = score(judge(image), parse_caption(prompt))
+    assert result["background"] and result["colour"], result
