@@ -221,8 +221,8 @@ def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[P
 def bench_training(config_path: Path, spec: dict[str, Any], client: Optional[PeerClient], steps: int,
                    log) -> dict[str, Any]:
     """Decoder optimizer steps at the shipped size and training batch: cascade's recipe (its
-    [decoder.train] settings: bf16, channels-last, attention kernel, min-SNR, clipping, fused
-    AdamW; no data loading, no EMA) against DALLE2-pytorch's Decoder loss with the same settings."""
+    [decoder.train] settings: bf16, channels-last, attention kernel, loss weighting, clipping,
+    fused AdamW; no data loading, no EMA) against DALLE2-pytorch's Decoder loss with the same settings."""
     import stages.common as common
 
     from .model_config import load_model_config
@@ -257,10 +257,13 @@ def bench_training(config_path: Path, spec: dict[str, Any], client: Optional[Pee
     if t.attention is not None:
         common.set_attention_implementation(t.attention)
 
+    # the trainer's rule (cascade.train.tasks): min-SNR weighting unless the recipe says "plain"
+    gamma = t.min_snr_gamma if getattr(t, "loss_weighting", "min_snr") == "min_snr" else None
+
     def cascade_step() -> float:
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = stage.loss(x0, cond, min_snr_gamma=t.min_snr_gamma)
+            loss = stage.loss(x0, cond, min_snr_gamma=gamma)
         loss.backward()
         if t.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
@@ -269,6 +272,7 @@ def bench_training(config_path: Path, spec: dict[str, Any], client: Optional[Pee
         return time.perf_counter() - t0
 
     out: dict[str, Any] = {"batch": B, "bf16": bf16, "channels_last": t.channels_last, "attention": t.attention,
+                           "min_snr_gamma": gamma,
                            "params": {"cascade": count(net)}, "seconds": {}, "samples_per_second": {}, "errors": {}}
     impls = ["cascade"]
     try:

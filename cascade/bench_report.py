@@ -109,7 +109,8 @@ def network_table(result: dict[str, Any]) -> list[str]:
                 f"| {100 * f32:.1f}% / {'–' if b16 is None else f'{100 * b16:.1f}%'} | {ratio} |")
     lines.append("")
     lines.append(f"Peak: {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16 (the best 2048² matmul "
-                 "of the run, at the start and the end). CL = channels-last (the prior has no convolutions: its "
+                 "of the run, at the start and the end; above 100%: the convolution kernels do fewer multiplications than the "
+                 "direct count FlopCounterMode reports, e.g. Winograd). CL = channels-last (the prior has no convolutions: its "
                  "bf16 column is bf16 autocast alone). A ratio is the peer's ms over cascade's in the same mode.")
     return lines
 
@@ -209,7 +210,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         sps = tr["samples_per_second"]
         L += ["## Decoder training", "",
               f"Optimizer steps at the shipped decoder size, batch {tr['batch']}: cascade's recipe "
-              f"(bf16 {tr['bf16']}, channels-last {tr['channels_last']}, attention {tr['attention']}, min-SNR loss, "
+              f"(bf16 {tr['bf16']}, channels-last {tr['channels_last']}, attention {tr['attention']}, "
+              f"{'min-SNR-%g' % tr['min_snr_gamma'] if tr.get('min_snr_gamma') else 'plain'} loss weighting, "
               "gradient clipping, fused AdamW) against DALLE2-pytorch's `Decoder` loss with the same settings; "
               "no data loading or EMA on either side.", "",
               "| implementation | params | s/step | samples/s |", "| --- | ---: | ---: | ---: |"]
@@ -242,7 +244,7 @@ METHOD = [
     "- **diffusers** decoder: `UnCLIPTextProjModel` + `UNet2DConditionModel` as Karlo's (SimpleCrossAttn blocks where "
     "cascade has attention, `UNetMidBlock2DSimpleCrossAttn`, scale-shift resnets with BigGAN resampling, "
     "class_embed_type identity), block for block cascade's widths and levels; GroupNorm-32 where cascade's shapes "
-    "configs use a per-pixel LayerNorm (same parameter count).",
+    "configs use a per-pixel LayerNorm (same parameter count; fewer groups where a width is not a multiple of 32).",
     "- **diffusers** SR: `UNet2DModel` with ResnetDownsample/Upsample blocks, no attention, scale-shift resnets and "
     "a timestep class embedding for the augmentation level: exactly cascade's parameter count.",
     "- **DALLE2-pytorch** `DiffusionPriorNetwork`: cascade's depth, heads and head width; its embeddings are as wide "

@@ -179,15 +179,16 @@ def diffusers_unet(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """UNet2DConditionModel (decoder) / UNet2DModel (SR) configured like Karlo's, at cascade's sizes.
 
     Block for block cascade's layout: the same widths, resblocks per level, attention levels,
-    scale-shift norm and BigGAN resampling blocks; GroupNorm (32 groups) as Karlo has, where
-    cascade's shapes configs use a per-pixel LayerNorm (same parameter count). Input and
-    output channels are cascade's after pixel-unshuffling by its patch size.
+    scale-shift norm and BigGAN resampling blocks; GroupNorm (32 groups as Karlo's, or the largest
+    count that divides every width) where cascade's shapes configs use a per-pixel LayerNorm (same
+    parameter count). Input and output channels are cascade's after pixel-unshuffling by its patch size.
     """
     p = patch_of(cfg)
     chs = [m * cfg["model_channels"] for m in cfg["channel_mult"]]
     levels = len(chs)
     emb_dim = cfg.get("emb_mult", 4) * cfg["model_channels"]
     res = [cfg["image_size"] // (p * 2**i) for i in range(levels)]
+    groups = max(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in chs))  # Karlo's 32 where widths allow
     if kind == "decoder":
         attn = [r in cfg["attention_resolutions"] for r in res]
         down = ["SimpleCrossAttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attn]
@@ -196,12 +197,12 @@ def diffusers_unet(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
                     down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DSimpleCrossAttn",
                     block_out_channels=chs, layers_per_block=cfg["num_res_blocks"], attention_head_dim=cfg["head_dim"],
                     cross_attention_dim=cfg["context_dim"], class_embed_type="identity",
-                    resnet_time_scale_shift="scale_shift", time_embedding_dim=emb_dim, norm_num_groups=32,
+                    resnet_time_scale_shift="scale_shift", time_embedding_dim=emb_dim, norm_num_groups=groups,
                     norm_eps=1e-5, act_fn="silu", flip_sin_to_cos=True, freq_shift=0)
     return dict(sample_size=cfg["image_size"] // p, in_channels=6 * p * p, out_channels=3 * p * p,
                 down_block_types=["ResnetDownsampleBlock2D"] * levels, up_block_types=["ResnetUpsampleBlock2D"] * levels,
                 block_out_channels=chs, layers_per_block=cfg["num_res_blocks"], add_attention=False,
-                class_embed_type="timestep", resnet_time_scale_shift="scale_shift", norm_num_groups=32, norm_eps=1e-5,
+                class_embed_type="timestep", resnet_time_scale_shift="scale_shift", norm_num_groups=groups, norm_eps=1e-5,
                 flip_sin_to_cos=True, freq_shift=0)
 
 
