@@ -257,8 +257,7 @@ def bench_training(config_path: Path, spec: dict[str, Any], client: Optional[Pee
     if t.attention is not None:
         common.set_attention_implementation(t.attention)
 
-    # the trainer's rule (cascade.train.tasks): min-SNR weighting unless the recipe says "plain"
-    gamma = t.min_snr_gamma if getattr(t, "loss_weighting", "min_snr") == "min_snr" else None
+    gamma = t.loss_min_snr_gamma  # the trainer's loss weighting
 
     def cascade_step() -> float:
         t0 = time.perf_counter()

@@ -5,8 +5,10 @@ what the committed weights measure (docs/shipped-model.md), so that a regression
 drew) fails here. The floors are regression guards, not the quality targets of issue 3."""
 
 import pytest
+from PIL import Image
 
-from cascade.data import caption, judge, score
+from cascade.cli import main
+from cascade.data import caption, judge, parse_caption, score
 from cascade.data.judge import accuracy
 from cascade.eval.judging import pipeline_generator, shapeworld_items
 from cascade.pipeline import DEFAULT_MODEL_DIR, CascadePipeline
@@ -69,14 +71,9 @@ def test_shipped_model_beats_shuffled_prompts(judged):
 def test_cli_generate_uses_the_shipped_model_at_1024(tmp_path, capsys):
     """The README's first command: no --model, default settings, a 1024×1024 image that the judge
     reads as the prompt's colour and background."""
-    from cascade.cli import main
-    from cascade.data import parse_caption
-
     prompt = "a large red circle in the center on a white background"
     out = tmp_path / "circle.png"
     assert main(["generate", prompt, "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
-    from PIL import Image
-
     image = Image.open(out)
     assert image.size == (1024, 1024) and image.mode == "RGB"
     result = score(judge(image), parse_caption(prompt))

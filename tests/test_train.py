@@ -119,8 +119,9 @@ def test_loss_decreases_on_a_fixed_batch(role, micro_pipe, micro_config, micro_d
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
 
 
-def test_loss_weighting_plain_keeps_the_high_noise_steps(micro_config):
-    """min_snr weights a v-loss by min(SNR, γ)/(SNR + 1) → 0 at t ≈ T; plain keeps weight 1 there."""
+def test_loss_weighting_reaches_the_stage_loss(micro_config):
+    """loss_weighting = "min_snr" hands min_snr_gamma to the diffusion loss; "plain" hands it None
+    (the parametrisation's own MSE, which keeps the high-noise steps that min-SNR weights ~0)."""
     from cascade.stage import Stage
     from cascade.train.tasks import DiffusionLoss, make_task
 

@@ -62,6 +62,11 @@ class TrainConfig:
     attention: Optional[Literal["sdpa", "matmul"]] = None  # stages' attention kernel (None: the library default);
     #   "matmul" has the faster backward pass on CPUs (stages.common.set_attention_implementation)
 
+    @property
+    def loss_min_snr_gamma(self) -> Optional[float]:
+        """The γ the diffusion loss is weighted with: min_snr_gamma under "min_snr", None under "plain"."""
+        return self.min_snr_gamma if self.loss_weighting == "min_snr" else None
+
     def __post_init__(self) -> None:
         positive = ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "keep_checkpoints",
                     "sample_count", "log_every", "dataset_size", "eval_size")

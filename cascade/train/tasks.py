@@ -104,8 +104,7 @@ class StageTask(Task):
         self.T = stage.schedule.num_timesteps
 
     def build_module(self) -> nn.Module:
-        gamma = self.train.min_snr_gamma if self.train.loss_weighting == "min_snr" else None
-        return DiffusionLoss(self.stage, gamma)
+        return DiffusionLoss(self.stage, self.train.loss_min_snr_gamma)
 
     def _diffusion(self, shape: tuple[int, ...], g: torch.Generator) -> dict[str, Tensor]:
         return {"t": torch.randint(0, self.T, (), generator=g), "noise": torch.randn(shape, generator=g)}
