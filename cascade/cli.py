@@ -49,8 +49,22 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", action="append", metavar="[STAGE=]W", help="classifier-free guidance scale, likewise")
     p.add_argument("--sampler", action="append", metavar="[STAGE=]NAME", help="ddpm, ddim, dpmpp_2m or heun, likewise")
     p.add_argument("--size", type=int, choices=(64, 256, 1024), help="final image size (default: the largest stage)")
+    p.add_argument("--bf16", metavar="STAGE,...|all|none",
+                   help="run these stages' networks under bf16 autocast (default: none)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _bf16_stages(value: Optional[str]) -> frozenset[str] | bool:
+    if value is None or value == "none":
+        return False
+    if value == "all":
+        return True
+    roles = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [r for r in roles if r not in STAGE_NAMES]
+    if unknown or not roles:
+        raise CliError(f"--bf16 {value}: expected all, none or stages from {', '.join(STAGE_NAMES)}")
+    return frozenset(roles)
 
 
 def _load(args: argparse.Namespace):
@@ -60,7 +74,8 @@ def _load(args: argparse.Namespace):
     if args.model is None and not DEFAULT_MODEL_DIR.is_dir():
         raise CliError("no default model is shipped with this installation yet: pass --model DIR "
                        "(make one with `cascade init configs/micro.toml DIR`)")
-    pipe = CascadePipeline.from_pretrained(path, progress=not args.quiet)
+    bf16 = _bf16_stages(args.bf16)
+    pipe = CascadePipeline.from_pretrained(path, progress=not args.quiet, bf16=bf16)
     return pipe.to(args.device)
 
 

@@ -204,12 +204,14 @@ def test_cli_shapeworld_end_to_end(micro_dir, tmp_path, capsys):
     assert 0 <= data["retrieval"]["text_to_image"] <= 1 and data["retrieval"]["candidates"] == 3
     prior = data["prior"]
     assert all(-1 <= prior[k] <= 1 for k in ("text_image", "predicted_image", "unrelated_predicted_image"))
+    assert {"colour", "shape", "background"} <= set(prior["twins"]) and prior["twins"]["colour"]["n"] == prior["n"]
+    assert set(data["retrieval"]["twins"]) <= {"colour", "shape", "size", "position", "background", "relation"}
     sr = data["super_resolution"]["sr256"]
     assert sr["size"] == 256 and sr["lowres_size"] == 64 and sr["psnr_bicubic"] > 20 and 0 < sr["ssim_bicubic"] <= 1
     assert sr["judge_bicubic"]["full"] == 1.0      # bicubic upsampling of a true render keeps everything
     md = (out / "report.md").read_text()
     for heading in ("## Split", "## Judge accuracy", "## Variations", "## CLIP retrieval", "## Prior",
-                    "## Super-resolution", "![samples.png](samples.png)"):
+                    "## Super-resolution", "![samples.png](samples.png)", "Hard negatives", "Attributes kept"):
         assert heading in md
 
 
@@ -349,3 +351,20 @@ def test_report_json_and_pillow_charts(tmp_path):
 
     with Image.open(path) as im:
         assert im.size[0] >= 2 * 460 and im.size[1] == 320
+
+
+def test_twin_accuracy_counts_each_attribute_where_it_applies(micro_pipe):
+    """Hard-negative retrieval: colour, shape and background for every scene; size and position
+    for single objects only; relation for pairs only; accuracies are fractions."""
+    from cascade.data import sample_scenes
+    from cascade.eval.judging import twin_accuracy
+
+    scenes = sample_scenes(10, seed=4)
+    n_two = sum(len(s.objects) == 2 for s in scenes)
+    assert 0 < n_two < 10
+    out = twin_accuracy(micro_pipe.clip, scenes, seed=0, batch_size=4)
+    assert {k: v["n"] for k, v in out.items()} == {
+        "colour": 10, "shape": 10, "size": 10 - n_two, "position": 10 - n_two, "background": 10,
+        "relation": n_two}
+    assert all(0 <= v["accuracy"] <= 1 for v in out.values())
+    assert twin_accuracy(micro_pipe.clip, scenes, seed=0, batch_size=4) == out

@@ -270,3 +270,36 @@ def test_model_files_are_readable_by_others(micro_dir):
     for f in micro_dir.rglob("*"):
         if f.is_file():
             assert f.stat().st_mode & 0o044, f  # not mkstemp's 0600
+
+
+def _unzeroed(config, **kw):
+    """The micro cascade with its zero-initialised output layers filled in (else every UNet outputs 0)."""
+    pipe = CascadePipeline.from_config(config, seed=0, progress=False, **kw)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for role in ("decoder", "sr256"):
+            for p in pipe.stages[role].network.parameters():
+                if not p.any():
+                    p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return pipe
+
+
+def test_channels_last_and_bf16_stages(micro_config):
+    """Channels-last UNets (the default) compute what NCHW ones do; bf16 applies to the stages named
+    and moves their output a little, not the stages before them."""
+    cl, nchw = _unzeroed(micro_config), _unzeroed(micro_config, channels_last=False)
+    assert cl.channels_last and not nchw.channels_last
+    conv = next(p for p in cl.stages["sr256"].network.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    a = cl("a red circle", seed=2, final_size=256, return_intermediates=True)
+    b = nchw("a red circle", seed=2, final_size=256, return_intermediates=True)
+    for role in ("decoder", "sr256"):
+        assert a.stages[role].std() > 0.05, role
+        assert torch.allclose(a.stages[role], b.stages[role], atol=1e-4), role
+    half = CascadePipeline(cl.clip, cl.stages, progress=False, bf16={"sr256"})
+    c = half("a red circle", seed=2, final_size=256, return_intermediates=True)
+    assert torch.equal(c.stages["decoder"], a.stages["decoder"])
+    gap = (c.stages["sr256"] - a.stages["sr256"]).abs()
+    assert 0 < gap.mean() < 0.05, gap.mean()
+    with pytest.raises(ValueError, match="unknown stage"):
+        CascadePipeline(cl.clip, cl.stages, bf16={"sr512"})

@@ -210,3 +210,32 @@ def test_shapeworld_dataset_and_pool(tmp_path):
     back = ScenePool.load(tmp_path / "pool")
     assert back.scenes == pool.scenes and back.captions == pool.captions
     np.testing.assert_array_equal(np.asarray(back.images), pool.images)
+
+
+def test_edit_scene_changes_exactly_one_attribute():
+    """A twin (CLIP's hard negative) differs from its scene in the one edited attribute, as its
+    caption reads back, keeps the layout rules and brings in no held-out pair."""
+    from cascade.data.shapeworld import EDITABLE, edit_scene, scene_has_held_out
+
+    def attributes(scene):
+        parsed = parse_caption(caption(scene))
+        out = {"background": parsed.background, "relation": parsed.relation}
+        for k, o in enumerate(parsed.objects):
+            out.update({f"{a}{k}": getattr(o, a) for a in ("colour", "shape", "size")})
+            if len(parsed.objects) == 1:
+                out["position"] = position_name(o)
+        return out
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for scene in sample_scenes(400, seed=11):
+        twin = edit_scene(scene, rng)
+        assert not scene_problems(twin) and not scene_has_held_out(twin)
+        a, b = attributes(scene), attributes(twin)
+        changed = {k.rstrip("01") for k in a if a[k] != b[k]}
+        assert len(changed) == 1, (caption(scene), caption(twin))
+        seen |= changed
+    assert seen == set(EDITABLE)
+    single = sample_scenes(1, seed=11, n_objects=1)[0]
+    with pytest.raises(ValueError, match="relation"):
+        edit_scene(single, rng, "relation")

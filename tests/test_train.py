@@ -254,3 +254,26 @@ def test_state_files_round_trip_without_pickle(tmp_path):
     opt2.load_state_dict(back["optimizer"])
     for k, v in opt.state_dict()["state"][0].items():
         assert torch.equal(v, opt2.state_dict()["state"][0][k])
+
+
+def test_clip_hard_negatives_double_the_contrastive_batch(micro_pipe):
+    """train.hard_negatives: each item brings a rendered twin that differs in one attribute, so
+    B items give 2B (image, caption) pairs; the twins are deterministic in the sample's generator."""
+    from cascade.train.data import ShapeWorldSource, sample_generator
+    from cascade.train.tasks import make_task
+
+    B = 6
+    train = train_config_from_table("clip", {"batch_size": B, "hard_negatives": True})
+    source = ShapeWorldSource(B, seed=0)
+    task = make_task("clip", train, micro_pipe.clip, source, source)
+    items = [task.fetch(i, sample_generator(0, i)) for i in range(B)]
+    again = task.fetch(2, sample_generator(0, 2))
+    assert again["twin_caption"] == items[2]["twin_caption"]
+    assert torch.equal(again["twin_image"], items[2]["twin_image"])
+    images, ids = task.prepare(default_collate(items))
+    assert images.shape[0] == ids.shape[0] == 2 * B
+    for item in items:
+        assert item["twin_caption"] != item["caption"]
+        assert not torch.equal(item["twin_image"], item["image"])
+    loss = task.build_module()(images, ids)
+    assert math.isfinite(loss.item())

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from cascade.cli import _bf16_stages
 from cascade.pipeline import CascadePipeline
 
 
@@ -25,11 +26,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024, choices=(64, 256, 1024))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bf16", metavar="STAGE,...|all|none", help="stages under bf16 autocast (default: none)")
+    ap.add_argument("--no-channels-last", action="store_true", help="UNets in the default (NCHW) memory order")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = (CascadePipeline.from_config(args.config, progress=False) if args.config
-            else CascadePipeline.from_pretrained(args.model, progress=False))
+    kw = dict(progress=False, bf16=_bf16_stages(args.bf16), channels_last=not args.no_channels_last)
+    pipe = (CascadePipeline.from_config(args.config, **kw) if args.config
+            else CascadePipeline.from_pretrained(args.model, **kw))
     times: dict[str, list[float]] = {}
     original = pipe._run_stage
 
@@ -51,7 +55,8 @@ def main() -> None:
     for role, ts in times.items():
         print(f"{role:8s} {statistics.median(ts):8.3f} s")
     print(f"{'total':8s} {statistics.median(totals):8.3f} s  (text → {args.size}², median of {args.repeats}, "
-          f"{torch.get_num_threads()} threads)")
+          f"{torch.get_num_threads()} threads, bf16: {', '.join(sorted(pipe.bf16)) or 'none'}, "
+          f"channels-last: {'yes' if pipe.channels_last else 'no'})")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -33,7 +33,7 @@ __all__ = [
     "RELATION_PHRASES", "HELD_OUT", "JITTER", "STAR_INNER_RATIO", "TEMPLATES", "N_TEMPLATES",
     "Obj", "Scene", "position_name", "is_held_out", "scene_has_held_out", "scene_problems",
     "caption", "paraphrases", "parse_caption", "sample_scene", "sample_scenes", "scene_at",
-    "held_out_scenes", "render", "render_array", "render_batch", "scene_to_dict",
+    "held_out_scenes", "edit_scene", "editable_attributes", "EDITABLE", "render", "render_array", "render_batch", "scene_to_dict",
     "scene_from_dict", "unit_polygon", "SHAPE_EXTENT", "SHAPE_AREA", "SHAPE_CENTROID_DY",
     "default_supersample", "object_coverage",
 ]
@@ -377,6 +377,62 @@ def sample_scene(rng: np.random.Generator | int, *, n_objects: int | None = None
     a = Obj(p1[0], p1[1], "small", *a_xy)
     b = Obj(p2[0], p2[1], "small", *b_xy)
     return Scene(background, (a, b), relation)
+
+
+EDITABLE = ("colour", "shape", "size", "position", "background", "relation")
+
+
+def editable_attributes(scene: Scene) -> tuple[str, ...]:
+    """The EDITABLE attributes that apply to ``scene``: size and position to single objects, relation to pairs."""
+    if len(scene.objects) == 2:
+        return ("colour", "shape", "background", "relation")
+    return ("colour", "shape", "size", "position", "background")
+
+
+def edit_scene(scene: Scene, rng: np.random.Generator | int, attribute: str | None = None) -> Scene:
+    """A twin of ``scene`` that differs in exactly one attribute (a hard negative for CLIP training).
+
+    ``attribute`` is one of EDITABLE (default: a random one that applies; ``relation`` only to
+    two-object scenes, ``size`` and ``position`` only to single objects). A colour or shape edit of a
+    two-object scene changes one of the objects. A relation edit mirrors both objects across the
+    canvas centre on the relation's axis, so the relation flips (left of ↔ right of, above ↔ below)
+    and the layout stays legal. The twin never holds a held-out (shape, colour) pair that the scene
+    does not, and it obeys the layout rules whenever the scene does.
+    """
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    allowed = editable_attributes(scene)
+    if attribute is None:
+        attribute = _pick(rng, allowed)
+    if attribute not in allowed:
+        raise ValueError(f"cannot edit {attribute!r} of a {len(scene.objects)}-object scene; "
+                         f"expected one of {allowed}")
+    if attribute == "background":
+        return replace(scene, background=_pick(rng, tuple(b for b in BACKGROUNDS if b != scene.background)))
+    if attribute == "relation":
+        flip = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+        dx, _ = RELATION_AXIS[scene.relation]
+        objs = tuple(replace(o, x=1 - o.x) if dx else replace(o, y=1 - o.y) for o in scene.objects)
+        return replace(scene, objects=objs, relation=flip[scene.relation])
+    k = int(rng.integers(len(scene.objects)))
+    o = scene.objects[k]
+    if attribute == "position":
+        here = position_name(o)
+        px, py = POSITIONS[_pick(rng, tuple(p for p in POSITIONS if p != here))]
+        new = replace(o, x=float(px + o.x - POSITIONS[here][0]), y=float(py + o.y - POSITIONS[here][1]))
+    elif attribute == "size":
+        new = replace(o, size=_pick(rng, tuple(s for s in SIZES if s != o.size)))
+    else:
+        values = COLOURS if attribute == "colour" else SHAPES
+        others = {(p.shape, p.colour) for i, p in enumerate(scene.objects) if i != k}
+        options = [v for v in values if v != getattr(o, attribute)]
+        options = [v for v in options
+                   if (pair := (v, o.colour) if attribute == "shape" else (o.shape, v)) not in others
+                   and (pair not in HELD_OUT or is_held_out(o))]
+        new = replace(o, **{attribute: _pick(rng, tuple(options))})
+    objs = list(scene.objects)
+    objs[k] = new
+    return replace(scene, objects=tuple(objs))
 
 
 _STREAM_TRAIN, _STREAM_HELD_OUT = 0, 1

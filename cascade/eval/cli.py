@@ -49,6 +49,8 @@ def add_parser(sub: Any) -> None:
                         "(default: the model's own CLIP)")
     p.add_argument("--inception-weights", metavar="FILE",
                    help="Inception-V3 .safetensors for FID (folder suite; default $CASCADE_INCEPTION_WEIGHTS)")
+    p.add_argument("--bf16", metavar="STAGE,...|all|none",
+                   help="run these stages' networks under bf16 autocast (default: none)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
@@ -169,11 +171,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         elif not args.quiet:
             print(FID_SKIPPED)
 
+    from ..cli import _bf16_stages
     from ..pipeline import CascadePipeline
     from .report import write_report
     from .suites import folder_suite, shapeworld_suite
 
-    pipe = CascadePipeline.from_pretrained(model, progress=False).to(args.device)
+    pipe = CascadePipeline.from_pretrained(model, progress=False, bf16=_bf16_stages(args.bf16)).to(args.device)
     clip = _load_clip(args.clip, args.device) if args.clip else None
     start = time.time()
     common = dict(n=args.n, seed=args.seed, size=args.size, steps=steps, guidance=guidance, sampler=sampler,

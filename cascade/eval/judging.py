@@ -26,14 +26,14 @@ from torch import Tensor
 from ..data import caption, held_out_scenes, judge, parse_caption, render_batch, sample_scenes, score
 from ..data.judge import accuracy
 from ..data.pool import uint8_to_tensor
-from ..data.shapeworld import Scene
+from ..data.shapeworld import EDITABLE, Scene, edit_scene, editable_attributes
 from .metrics import clip_image_features, clip_score, clip_text_features, cmmd, frechet_distance, quantize
 
 __all__ = [
     "SPLITS", "SPLIT_DESCRIPTIONS", "Images", "Generate", "Vary", "Sample", "SizeStats", "mix_seed",
     "plan_split", "shapeworld_items", "variation_scenes", "pipeline_generator", "oracle_generator",
     "pipeline_varier", "oracle_varier", "render_tensor", "generate_and_judge", "summarise",
-    "distribution_metrics", "References", "thumbnail", "judge_images", "accuracy_by_split", "variation_suite", "retrieval_suite", "Progress",
+    "distribution_metrics", "References", "thumbnail", "judge_images", "accuracy_by_split", "variation_suite", "retrieval_suite", "twin_accuracy", "Progress",
 ]
 
 SPLITS = ("single_in", "single_held_out", "two_object")
@@ -350,4 +350,30 @@ def retrieval_suite(clip: Any, items: Sequence[tuple[str, Scene]], *, seed: int,
     everything = [h for v in hits.values() for h in v]
     return {"candidates": int(min(candidates, n)), "image_size": int(size), "chance": float(np.mean(chance)),
             "text_to_image": float(np.mean([h[0] for h in everything])),
-            "image_to_text": float(np.mean([h[1] for h in everything])), "n": n, "by_split": per_split}
+            "image_to_text": float(np.mean([h[1] for h in everything])), "n": n, "by_split": per_split,
+            "twins": twin_accuracy(clip, [s for _, s in items], seed=seed, image_size=size)}
+
+
+def twin_accuracy(clip: Any, scenes: Sequence[Scene], *, seed: int, image_size: Optional[int] = None,
+                  batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Hard-negative retrieval, per attribute: how often a true render's CLIP image embedding is
+    closer to its own caption than to the caption of a twin scene that differs in that attribute
+    alone (edit_scene; chance 50%). Random groups of captions (`retrieval_suite`) are told apart by
+    colour and background alone, so they cannot show whether CLIP reads shape, size, position or
+    relation: this does."""
+    size = image_size or clip.image_size[0]
+    rng = np.random.default_rng(mix_seed(seed, "twins"))
+    hits: dict[str, list[float]] = {}
+    for start in range(0, len(scenes), batch_size):
+        chunk = list(scenes[start:start + batch_size])
+        image = clip_image_features(clip, render_tensor(chunk, size))
+        own = clip_text_features(clip, [caption(s) for s in chunk])
+        base = (own * image).sum(-1)
+        for attr in EDITABLE:
+            rows = [i for i, s in enumerate(chunk) if attr in editable_attributes(s)]
+            if not rows:
+                continue
+            twins = [caption(edit_scene(chunk[i], rng, attr)) for i in rows]
+            other = (clip_text_features(clip, twins) * image[rows]).sum(-1)
+            hits.setdefault(attr, []).extend((base[rows] > other).float().tolist())
+    return {attr: {"accuracy": float(np.mean(v)), "n": len(v)} for attr, v in hits.items()}

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..data import caption
 from ..data.judge import accuracy
-from ..data.shapeworld import Scene
+from ..data.shapeworld import EDITABLE, Scene, edit_scene, editable_attributes
 from ..degrade import lowres_condition, upsample
 from .judging import (Progress, References, distribution_metrics, generate_and_judge, judge_images, mix_seed,
                       pipeline_generator, render_tensor, summarise)
@@ -58,6 +58,8 @@ def prior_suite(pipe: Any, scenes: Sequence[Scene], *, seed: int, batch_size: in
     rolled = captions[1:] + captions[:1]
     rows: dict[str, list[np.ndarray]] = {k: [] for k in (
         "text_image", "predicted_image", "text_predicted", "unrelated_predicted_image", "text_unrelated_predicted")}
+    twin_rng = np.random.default_rng(mix_seed(seed, "prior twins"))
+    twins: dict[str, list[float]] = {}
     for b, start in enumerate(range(0, len(scenes), batch_size)):
         chunk = list(scenes[start:start + batch_size])
         g = torch.Generator().manual_seed(mix_seed(seed, "prior", b))
@@ -71,10 +73,19 @@ def prior_suite(pipe: Any, scenes: Sequence[Scene], *, seed: int, batch_size: in
         rows["text_predicted"].append(_cos(text.embed, predicted))
         rows["unrelated_predicted_image"].append(_cos(unrelated, true))
         rows["text_unrelated_predicted"].append(_cos(text.embed, unrelated))
+        # does the prediction keep each attribute? closer to the true render than to a twin's render
+        own = _cos(predicted, true)
+        for attr in EDITABLE:
+            idx = [i for i, sc in enumerate(chunk) if attr in editable_attributes(sc)]
+            if idx:
+                edited = render_tensor([edit_scene(chunk[i], twin_rng, attr) for i in idx], size)
+                other = _cos(predicted[idx], clip_image_features(pipe.clip, edited))
+                twins.setdefault(attr, []).extend((own[idx] > other).astype(float).tolist())
         if progress is not None:
             progress.step(len(chunk), "prior")
     out: dict[str, Any] = {k: float(np.concatenate(v).mean()) for k, v in rows.items()}
     out["difference"] = out["text_predicted"] - out["text_image"]
+    out["twins"] = {attr: {"accuracy": float(np.mean(v)), "n": len(v)} for attr, v in twins.items()}
     out["n"] = len(scenes)
     out["sampling"] = {"sampler": options.sampler, "steps": options.steps, "guidance": options.guidance,
                        "candidates": options.candidates}

@@ -55,6 +55,13 @@ class TrainConfig:
     dataset_size: int = 100_000  # ShapeWorld pool size (scenes in the training stream)
     captions: Literal["canonical", "paraphrase"] = "canonical"  # ShapeWorld caption templates
     eval_size: int = 64  # held-out items for sample grids and CLIP retrieval
+    hard_negatives: bool = False  # clip on ShapeWorld: each item comes with a twin that differs in one
+    #   attribute (cascade.data.shapeworld.edit_scene), so a batch of B items holds 2B pairs. Without
+    #   them, random batches rarely hold two scenes told apart by position alone, and a short-trained
+    #   CLIP's text tower ignores position words (the first shipped CLIP: chance on position)
+    hard_negative_attributes: tuple[str, ...] = ("colour", "shape", "size", "position", "background", "relation")
+    #   the twin's edited attribute is drawn uniformly from those of this list that apply to the scene
+    #   (repeat a name to weight it)
     num_workers: int = 0  # DataLoader worker processes
     # speed
     compile: bool = False  # torch.compile the network (inductor)
@@ -93,6 +100,12 @@ class TrainConfig:
         for name in ("text_drop_prob", "image_drop_prob", "decoder_text_drop_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        from ..data.shapeworld import EDITABLE
+
+        unknown = sorted(set(self.hard_negative_attributes) - set(EDITABLE))
+        if unknown or not self.hard_negative_attributes:
+            raise ValueError(f"hard_negative_attributes: expected names from {EDITABLE}, got "
+                             f"{list(self.hard_negative_attributes)}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
 

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,7 +26,8 @@ from ..images import grid, tensor_to_pil
 from ..pipeline import CascadePipeline, decoder_condition, prior_condition
 from ..stage import Stage
 from .config import TrainConfig
-from .data import EmbeddingCache, Source, embedding_file_cache, encode_captions, encode_items
+from .data import (EmbeddingCache, ShapeWorldSource, Source, _uint8_to_float, embedding_file_cache, encode_captions,
+                   encode_items)
 
 
 def _text(batch: dict[str, Tensor]) -> TextEncoding:
@@ -326,10 +328,31 @@ class ClipTask(Task):
         return [self.size]
 
     def fetch(self, index: int, g: torch.Generator) -> dict[str, Any]:
-        return {"image": self.source.image(index, self.size), "caption": self.source.caption(index)}
+        item = {"image": self.source.image(index, self.size), "caption": self.source.caption(index)}
+        if self.train.hard_negatives:
+            item["twin_image"], item["twin_caption"] = self._twin(index, g)
+        return item
+
+    def _twin(self, index: int, g: torch.Generator) -> tuple[Tensor, str]:
+        """The item's scene with one attribute changed, rendered, with a caption in the source's style."""
+        from ..data.shapeworld import N_TEMPLATES, caption, edit_scene, editable_attributes, render_array
+
+        if not isinstance(self.source, ShapeWorldSource):
+            raise ValueError("train.hard_negatives needs ShapeWorld data: twins are edited scenes")
+        rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=g)))
+        scene = self.source.scenes[index]
+        options = [a for a in self.train.hard_negative_attributes if a in editable_attributes(scene)]
+        twin = edit_scene(scene, rng, options[int(rng.integers(len(options)))] if options else None)
+        template = int(rng.integers(N_TEMPLATES)) if self.source.captions_mode == "paraphrase" else 0
+        image = _uint8_to_float(render_array(twin, self.size))
+        return image, caption(twin, template)
 
     def prepare(self, batch: dict[str, Any]) -> tuple:
-        return batch["image"], self.clip.tokenize(batch["caption"])
+        images, captions = batch["image"], list(batch["caption"])
+        if "twin_image" in batch:
+            images = torch.cat([images, batch["twin_image"]])
+            captions += list(batch["twin_caption"])
+        return images, self.clip.tokenize(captions)
 
     def build_module(self) -> nn.Module:
         self.clip.unfreeze()
@@ -360,6 +383,11 @@ class ClipTask(Task):
             "clip/text_to_image_top1": float(same[sim.argmax(0), rows].float().mean()),
             "clip/chance": float(same.float().mean()),
         }
+        if isinstance(self.eval_source, ShapeWorldSource):  # hard negatives, per attribute (chance 0.5)
+            from ..eval.judging import twin_accuracy
+
+            twins = twin_accuracy(clip, self.eval_source.scenes[:k], seed=step, image_size=self.size)
+            metrics.update({f"clip/twin_{attr}": v["accuracy"] for attr, v in twins.items()})
         write_json(out_dir / f"clip-step-{step:08d}.json", metrics)
         return metrics
 
