@@ -277,3 +277,18 @@ def test_clip_hard_negatives_double_the_contrastive_batch(micro_pipe):
         assert not torch.equal(item["twin_image"], item["image"])
     loss = task.build_module()(images, ids)
     assert math.isfinite(loss.item())
+
+
+def test_stop_file_checkpoints_and_stops(model, tmp_path, capsys):
+    """`touch RUN/STOP` (or SIGTERM) ends a run after its current step with a checkpoint, as
+    --max-minutes does; the file is removed, so the next --resume trains on."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "STOP").touch()
+    common = ["--set", "batch_size=2", "--set", "sample_every=0", "--set", "log_every=1"]
+    out = train(capsys, "prior", model, run, "--max-steps", 5, *common)
+    assert "stop request" in out and not (run / "STOP").exists()
+    assert [r["step"] for r in read_loss_csv(run)] == [1]
+    assert latest_checkpoint(run).name == "step-00000001"
+    train(capsys, "prior", model, run, "--max-steps", 3, "--resume", *common)
+    assert [r["step"] for r in read_loss_csv(run)] == [1, 2, 3]

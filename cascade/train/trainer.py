@@ -30,6 +30,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,13 +54,23 @@ from .statefile import load_state, save_state, state_exists
 from .tasks import make_task
 
 log = logging.getLogger("cascade.train")
+STOP_FILE = "STOP"  # `touch RUN/STOP`: the run checkpoints after its current step and stops
+
+
+def _on_sigterm(callback) -> Any:
+    """Call `callback` on SIGTERM instead of dying mid-step; returns the function that restores the old handler.
+    A no-op off the main thread (where Python cannot install signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: callback())
+    return lambda: signal.signal(signal.SIGTERM, previous)
 CSV_FIELDS = ("step", "loss", "lr", "samples_per_s", "wall_time")
 
 
 @dataclass
 class TrainResult:
     step: int  # optimizer steps done (over the whole run, across resumes)
-    stopped: str  # "max_steps" or "max_minutes"
+    stopped: str  # "max_steps", "max_minutes" or "stop request" (RUN/STOP or SIGTERM)
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) rows logged by this session
     metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation's
     main_process: bool = True  # False on the other processes of a multi-process run
@@ -346,6 +358,9 @@ class Trainer:
                      acc.num_processes, t.batch_size, t.mixed_precision)
 
         result = TrainResult(step=step, stopped="max_steps", main_process=main)
+        # RUN/STOP (a file) or SIGTERM: checkpoint after the current step and stop, as --max-minutes does
+        stop_file, stop_signal = req.run_dir / STOP_FILE, threading.Event()
+        restore_signal = _on_sigterm(stop_signal.set) if main else (lambda: None)
         session_start, elapsed_before = time.time(), extra["elapsed"]
         window_time, window_samples = 0.0, 0
         bar = _progress(total=t.max_steps, initial=step, desc=role, disable=not (main and self.progress))
@@ -370,6 +385,8 @@ class Trainer:
             if main:
                 ema.update(network)
             out_of_time = main and req.max_minutes is not None and time.time() - session_start >= req.max_minutes * 60
+            asked = main and (stop_file.exists() or stop_signal.is_set())
+            out_of_time = out_of_time or asked
             stats = acc.reduce(torch.stack([step_loss, torch.tensor(float(out_of_time))]), reduction="sum")
             loss_value = float(stats[0]) / acc.num_processes
             stop = bool(stats[1] > 0)
@@ -403,10 +420,13 @@ class Trainer:
                     result.metrics = task.evaluate(ema_network, req.run_dir / "samples", step)
                 acc.log(result.metrics, step=step)
             if stop:
-                result.stopped = "max_minutes"
+                result.stopped = "stop request" if asked else "max_minutes"
                 break
             model.train()
         bar.close()
+        restore_signal()
+        if main and stop_file.exists():
+            stop_file.unlink()  # obeyed: a later --resume trains on
         result.step = step
         acc.wait_for_everyone()
         return result
