@@ -15,13 +15,14 @@ from cascade.pipeline import DEFAULT_MODEL_DIR, CascadePipeline
 
 # Per output size: a little below what the committed weights measure with this file's prompts and
 # seeds (docs/shipped-model.md), so that noise in the judge does not fail CI but a broken stage does.
-# Measured (seed 7): 64 px background 1.00, colour 0.33, count 0.33, shape 0.21, size 0.25,
-# position 0.08, full 0.04; 256 px the same but colour and count 0.38. Shape, size, position and
-# full match are still at chance for this under-trained model, so only the attributes it has
-# learned carry a floor.
+# Measured (seed 7) on the weights of session 2 (hard-negative CLIP, decoder 2,004 more steps):
+# 64 px background 1.00, colour 0.71, count 0.62, size 0.54, shape 0.29, position 0.12, full 0.08;
+# 256 px the same but shape 0.21. (The first shipped weights: colour 0.33, count 0.33.) Shape, size,
+# position and full match are still at or below chance for this under-trained model, so only
+# the attributes it has learned carry a floor.
 FLOORS = {
-    64: {"background": 0.9, "colour": 0.2, "count": 0.2},
-    256: {"background": 0.9, "colour": 0.2, "count": 0.2},
+    64: {"background": 0.9, "colour": 0.55, "count": 0.45},
+    256: {"background": 0.9, "colour": 0.55, "count": 0.45},
 }
 N_SINGLE = 24
 
@@ -65,7 +66,7 @@ def test_shipped_model_beats_shuffled_prompts(judged):
     shuffled = scenes[1:] + scenes[:1]
     own = accuracy(scores)
     other = accuracy([score(judge(img, s), s) for img, s in zip(images, shuffled)])
-    assert own["colour"] > other["colour"] + 0.15, (own, other)  # measured 0.33 against 0.08
+    assert own["colour"] > other["colour"] + 0.35, (own, other)  # measured 0.71 against 0.17
 
 
 def test_cli_generate_uses_the_shipped_model_at_1024(tmp_path, capsys):
