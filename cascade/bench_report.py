@@ -7,17 +7,19 @@ from typing import Any, Optional
 SPEEDUP_TARGET = 1.5  # per-network eval at equal size vs the faster peer (issue 5)
 SECONDS_TARGET = 20.0  # text -> one 1024² image
 RSS_TARGET_MB = 2048.0  # peak resident memory of that generation
-PIPELINE_MODE = "fp32_cl"  # what CascadePipeline runs its UNets in by default (channels_last=True, no bf16)
+PIPELINE_MODES = {"sr256": "bf16_cl", "sr1024": "bf16_cl"}  # CascadePipeline's defaults: channels-last
+PIPELINE_MODE = "fp32_cl"                                      # UNets, bf16 for the SR stages (DEFAULT_BF16)
 NAMES = {"cascade": "cascade", "diffusers": "diffusers", "dalle2": "DALLE2-pytorch"}
 
 
 def speedups(entry: dict[str, Any]) -> dict[str, Any]:
     """One network's ratios (> 1: cascade is faster). `vs_pipeline`: the faster peer at its best mode
     against cascade at the settings its pipeline samples with by default (fp32, channels-last for the
-    convolutional networks); `best_vs_best`: both at their best mode; `same_mode`: the faster peer
+    convolutional networks, bf16 for the SR stages); `best_vs_best`: both at their best mode; `same_mode`: the faster peer
     against cascade, mode by mode."""
     ms = entry["ms"]
-    pipeline = PIPELINE_MODE if ms.get(PIPELINE_MODE, {}).get("cascade") is not None else "fp32"
+    pipeline = PIPELINE_MODES.get(entry["network"], PIPELINE_MODE)
+    pipeline = pipeline if ms.get(pipeline, {}).get("cascade") is not None else "fp32"
     impls = list(ms["fp32"])
     peers = [i for i in impls if i != "cascade"]
     if not peers:

@@ -50,13 +50,15 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", action="append", metavar="[STAGE=]NAME", help="ddpm, ddim, dpmpp_2m or heun, likewise")
     p.add_argument("--size", type=int, choices=(64, 256, 1024), help="final image size (default: the largest stage)")
     p.add_argument("--bf16", metavar="STAGE,...|all|none",
-                   help="run these stages' networks under bf16 autocast (default: none)")
+                   help="run these stages' networks under bf16 autocast (default: sr256,sr1024)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _bf16_stages(value: Optional[str]) -> frozenset[str] | bool:
-    if value is None or value == "none":
+def _bf16_stages(value: Optional[str]) -> frozenset[str] | bool | None:
+    if value is None:
+        return None  # the pipeline's default (cascade.pipeline.DEFAULT_BF16)
+    if value == "none":
         return False
     if value == "all":
         return True

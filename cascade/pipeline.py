@@ -58,11 +58,14 @@ def slerp(a: Tensor, b: Tensor, frac: Tensor | float) -> Tensor:
     return torch.nn.functional.normalize(out, dim=-1)
 
 
+DEFAULT_BF16 = frozenset({"sr256", "sr1024"})  # stages run under bf16 autocast unless told otherwise
+
+
 class CascadePipeline:
     """CLIP + prior + 64×64 decoder + optional SR-256 and SR-1024, as one generator."""
 
     def __init__(self, clip: Any, stages: Mapping[str, Stage], progress: bool = True,
-                 bf16: bool | Iterable[str] = False, channels_last: bool = True):
+                 bf16: bool | Iterable[str] | None = None, channels_last: bool = True):
         unknown = sorted(set(stages) - set(ROLES))
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown} (known: {', '.join(ROLES)})")
@@ -72,6 +75,10 @@ class CascadePipeline:
         self.stages = {role: stages[role] for role in ROLES if role in stages}
         self.progress = progress
         # bf16: run these stages' networks under bf16 autocast (True: all; the sampler's arithmetic stays fp32)
+        # (None: DEFAULT_BF16, the SR stages: measured 1.75x faster text -> 1024 with outputs ~58 dB from
+        # fp32 and the same judge readings, tools/compare_precision.py)
+        if bf16 is None:
+            bf16 = DEFAULT_BF16 & set(self.stages)
         self.bf16 = frozenset(self.stages if bf16 is True else () if bf16 is False else bf16)
         unknown = sorted(self.bf16 - set(ROLES))
         if unknown:

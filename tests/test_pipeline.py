@@ -287,8 +287,9 @@ def _unzeroed(config, **kw):
 def test_channels_last_and_bf16_stages(micro_config):
     """Channels-last UNets (the default) compute what NCHW ones do; bf16 applies to the stages named
     and moves their output a little, not the stages before them."""
-    cl, nchw = _unzeroed(micro_config), _unzeroed(micro_config, channels_last=False)
-    assert cl.channels_last and not nchw.channels_last
+    assert _unzeroed(micro_config).bf16 == {"sr256", "sr1024"}  # the default: bf16 for the SR stages
+    cl, nchw = _unzeroed(micro_config, bf16=False), _unzeroed(micro_config, channels_last=False, bf16=False)
+    assert cl.channels_last and not nchw.channels_last and not cl.bf16
     conv = next(p for p in cl.stages["sr256"].network.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     a = cl("a red circle", seed=2, final_size=256, return_intermediates=True)
