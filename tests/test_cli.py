@@ -85,3 +85,19 @@ def test_vary_and_interpolate(micro_dir, tmp_path, capsys):
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     code, _, err = run(capsys, "vary", tmp_path / "bad.jpg", "--model", micro_dir)
     assert code == 2 and "cannot read image" in err
+
+
+def test_bf16_flag(micro_dir, tmp_path, capsys):
+    """--bf16 takes all, none or stage names; anything else is refused before the model loads."""
+    from cascade.cli import _bf16_stages
+
+    assert _bf16_stages(None) is None and _bf16_stages("none") is False and _bf16_stages("all") is True
+    assert _bf16_stages("decoder, sr1024") == {"decoder", "sr1024"}
+    out = tmp_path / "x.png"
+    code, _, err = run(capsys, "generate", "a red circle", "--model", micro_dir, "--out", out, "--size", "64",
+                       "--bf16", "decoder,sr512", "--quiet")
+    assert code != 0 and "--bf16" in err and "sr512" in err and not out.exists()
+    code, _, err = run(capsys, "generate", "a red circle", "--model", micro_dir, "--out", out, "--size", "64",
+                       "--bf16", "none", "--quiet")
+    assert code == 0, err
+    assert out.exists()
