@@ -406,8 +406,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     result: dict[str, Any] = {"command": " ".join(sys.argv), "quick": bool(args.quick), "config": str(config_path),
                               "machine": machine_info(threads), "note": args.note, "repeats": repeats,
-                              "modes": {"fp32": "fp32, NCHW",
-                                        "fp32_cl": "fp32, channels-last (what cascade's pipeline runs)", "bf16_cl": "bf16 autocast, channels-last"}}
+                              "modes": {"fp32": "fp32, NCHW", "fp32_cl": "fp32, channels-last",
+                                        "bf16_cl": "bf16 autocast, channels-last"}}
     python = peer_python(Path(args.peers)) if args.peers else None
     if args.peers and python is None:
         raise BenchError(f"no peers' environment at {args.peers}: make one with `python tools/bench.py "

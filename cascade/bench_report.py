@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .pipeline import DEFAULT_BF16
+
 SPEEDUP_TARGET = 1.5  # per-network eval at equal size vs the faster peer (issue 5)
 SECONDS_TARGET = 20.0  # text -> one 1024² image
 RSS_TARGET_MB = 2048.0  # peak resident memory of that generation
-PIPELINE_MODES = {"sr256": "bf16_cl", "sr1024": "bf16_cl"}  # CascadePipeline's defaults: channels-last
-PIPELINE_MODE = "fp32_cl"                                      # UNets, bf16 for the SR stages (DEFAULT_BF16)
 NAMES = {"cascade": "cascade", "diffusers": "diffusers", "dalle2": "DALLE2-pytorch"}
+
+
+def pipeline_mode(network: str) -> str:
+    """The bench mode CascadePipeline runs `network` in by default: channels-last, bf16 where DEFAULT_BF16 says."""
+    return "bf16_cl" if network in DEFAULT_BF16 else "fp32_cl"
 
 
 def speedups(entry: dict[str, Any]) -> dict[str, Any]:
     """One network's ratios (> 1: cascade is faster). `vs_pipeline`: the faster peer at its best mode
-    against cascade at the settings its pipeline samples with by default (fp32, channels-last for the
-    convolutional networks, bf16 for the SR stages); `best_vs_best`: both at their best mode; `same_mode`: the faster peer
-    against cascade, mode by mode."""
+    against cascade at the settings its pipeline samples with by default (`pipeline_mode`; fp32 for
+    the prior, which has no channels-last mode); `best_vs_best`: both at their best mode;
+    `same_mode`: the faster peer against cascade, mode by mode."""
     ms = entry["ms"]
-    pipeline = PIPELINE_MODES.get(entry["network"], PIPELINE_MODE)
+    pipeline = pipeline_mode(entry["network"])
     pipeline = pipeline if ms.get(pipeline, {}).get("cascade") is not None else "fp32"
     impls = list(ms["fp32"])
     peers = [i for i in impls if i != "cascade"]
@@ -143,8 +148,8 @@ def slower_cases(result: dict[str, Any]) -> list[str]:
     for e in result["networks"]:
         sp = speedups(e)
         if sp and sp["vs_pipeline"] < 1:
-            out.append(f"- {e['network']} ({e['size']}), cascade at its pipeline's defaults ({sp['cascade_pipeline_mode']}): "
-                       f"{_ms(sp['cascade_pipeline_ms'])} ms against {NAMES[sp['faster_peer']]} "
+            out.append(f"- {e['network']} ({e['size']}), cascade at its pipeline's defaults "
+                       f"({sp['cascade_pipeline_mode']}): {_ms(sp['cascade_pipeline_ms'])} ms against {NAMES[sp['faster_peer']]} "
                        f"{_ms(sp['faster_peer_ms'])} ms in {sp['faster_peer_mode']} "
                        f"(cascade {1 / sp['vs_pipeline']:.2f}× slower)")
         for mode, by_impl in e["ms"].items():
@@ -189,8 +194,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     L += ["## Per network", ""] + network_table(result) + [""]
     if any(speedups(e) for e in result["networks"]):
         L += ["## Speedup against the faster peer", ""] + speedup_table(result) + [""]
-        gains = [f"{e['network']} ({e['size']}) {speedups(e)['cascade_pipeline_ms'] / speedups(e)['cascade_best_ms']:.2f}× "
-                 f"({speedups(e)['cascade_best_mode']})" for e in result["networks"] if speedups(e)]
+        gains = [f"{e['network']} ({e['size']}) {s['cascade_pipeline_ms'] / s['cascade_best_ms']:.2f}× "
+                 f"({s['cascade_best_mode']})" for e in result["networks"] if (s := speedups(e))]
         L += ["cascade's own gain from its best mode over its pipeline's defaults: "
               + ", ".join(gains) + ".", ""]
         slower = slower_cases(result)

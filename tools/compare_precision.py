@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, choices=(64, 256, 1024))
     ap.add_argument("--batch", type=int, default=4)
     args = ap.parse_args()
-    fp32 = CascadePipeline.from_pretrained(args.model, progress=False)
+    fp32 = CascadePipeline.from_pretrained(args.model, progress=False, bf16=False)
     mixed = CascadePipeline(fp32.clip, fp32.stages, progress=False, bf16=_bf16_stages(args.bf16))
     scenes = sample_scenes(args.n, seed=2024)
     seconds = {"fp32": 0.0, "bf16": 0.0}

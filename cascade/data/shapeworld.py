@@ -33,7 +33,8 @@ __all__ = [
     "RELATION_PHRASES", "HELD_OUT", "JITTER", "STAR_INNER_RATIO", "TEMPLATES", "N_TEMPLATES",
     "Obj", "Scene", "position_name", "is_held_out", "scene_has_held_out", "scene_problems",
     "caption", "paraphrases", "parse_caption", "sample_scene", "sample_scenes", "scene_at",
-    "held_out_scenes", "edit_scene", "editable_attributes", "EDITABLE", "render", "render_array", "render_batch", "scene_to_dict",
+    "held_out_scenes", "edit_scene", "editable_attributes", "EDITABLE", "render", "render_array",
+    "render_batch", "scene_to_dict",
     "scene_from_dict", "unit_polygon", "SHAPE_EXTENT", "SHAPE_AREA", "SHAPE_CENTROID_DY",
     "default_supersample", "object_coverage",
 ]
@@ -425,9 +426,8 @@ def edit_scene(scene: Scene, rng: np.random.Generator | int, attribute: str | No
     else:
         values = COLOURS if attribute == "colour" else SHAPES
         others = {(p.shape, p.colour) for i, p in enumerate(scene.objects) if i != k}
-        options = [v for v in values if v != getattr(o, attribute)]
-        options = [v for v in options
-                   if (pair := (v, o.colour) if attribute == "shape" else (o.shape, v)) not in others
+        options = [v for v in values if v != getattr(o, attribute)
+                   and (pair := (v, o.colour) if attribute == "shape" else (o.shape, v)) not in others
                    and (pair not in HELD_OUT or is_held_out(o))]
         new = replace(o, **{attribute: _pick(rng, tuple(options))})
     objs = list(scene.objects)

@@ -90,15 +90,17 @@ def _retrieval(r: dict) -> list[str]:
     rows.append(["all", _pct(r["text_to_image"]), _pct(r["image_to_text"]), str(r["n"])])
     return [f"## CLIP retrieval (top-1 among {r['candidates']}, true renders at {r['image_size']}px)", "",
             *_table(["split", "text→image", "image→text", "n"], rows), "",
-            f"chance: {_pct(r['chance'])}", "", *_twins(r.get("twins"))]
+            f"chance: {_pct(r['chance'])}", "",
+            *_twins(r.get("twins"), "Hard negatives: the true render's own caption against a twin's that "
+                    "differs in one attribute", "own caption closer")]
 
 
-def _twins(t: Optional[dict]) -> list[str]:
+def _twins(t: Optional[dict], intro: str, column: str) -> list[str]:
+    """A per-attribute twin table (chance 50%), or nothing when the part has none."""
     if not t:
         return []
     rows = [[attr, _pct(v["accuracy"]), str(v["n"])] for attr, v in t.items()]
-    return ["Hard negatives: the true render's own caption against a twin's that differs in one attribute "
-            "(chance 50%):", "", *_table(["attribute", "own caption closer", "n"], rows), ""]
+    return [f"{intro} (chance 50%):", "", *_table(["attribute", column, "n"], rows), ""]
 
 
 def _prior(p: dict) -> list[str]:
@@ -110,14 +112,10 @@ def _prior(p: dict) -> list[str]:
             ["cos(ẑ_i(unrelated caption), z_i)", _num(p["unrelated_predicted_image"])],
             ["cos(z_t, ẑ_i(unrelated caption))", _num(p["text_unrelated_predicted"])],
             ["difference cos(z_t, ẑ_i) − cos(z_t, z_i)", _num(p["difference"])]]
-    out = [f"## Prior (n {p['n']})", "", "As DALLE2-pytorch reports it; the unrelated caption is the next scene's.",
-           "", *_table(["metric", "value"], rows), ""]
-    if p.get("twins"):
-        twin_rows = [[attr, _pct(v["accuracy"]), str(v["n"])] for attr, v in p["twins"].items()]
-        out += ["Attributes kept: how often ẑ_i is closer to the true render's embedding than to that of a twin "
-                "scene differing in one attribute (chance 50%):", "",
-                *_table(["attribute", "closer to the true render", "n"], twin_rows), ""]
-    return out
+    return [f"## Prior (n {p['n']})", "", "As DALLE2-pytorch reports it; the unrelated caption is the next scene's.",
+            "", *_table(["metric", "value"], rows), "",
+            *_twins(p.get("twins"), "Attributes kept: how often ẑ_i is closer to the true render's embedding "
+                    "than to that of a twin scene differing in one attribute", "closer to the true render")]
 
 
 def _super_resolution(sr: dict) -> list[str]:

@@ -21,8 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="training state: checkpoints, logs, samples")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's latest checkpoint (if any)")
     p.add_argument("--max-steps", type=int, help="train until this optimizer step (overrides the train table)")
-    p.add_argument("--max-minutes", type=float, help="checkpoint and stop after this many minutes of this session (`touch RUN/STOP` or "
-                        "SIGTERM: checkpoint and stop now)")
+    p.add_argument("--max-minutes", type=float,
+                   help="checkpoint and stop after this many minutes of this session "
+                        "(`touch RUN/STOP` or SIGTERM: checkpoint and stop now)")
     p.add_argument("--data", default="shapeworld",
                    help="shapeworld (default), an image-caption folder / CSV / JSONL, "
                         "or (prior only) an embeddings .safetensors")

@@ -61,7 +61,7 @@ class TrainConfig:
     #   CLIP's text tower ignores position words (the first shipped CLIP: chance on position)
     hard_negative_attributes: tuple[str, ...] = ("colour", "shape", "size", "position", "background", "relation")
     #   the twin's edited attribute is drawn uniformly from those of this list that apply to the scene
-    #   (repeat a name to weight it)
+    #   (repeat a name to weight it; any attribute when none of the list applies)
     num_workers: int = 0  # DataLoader worker processes
     # speed
     compile: bool = False  # torch.compile the network (inductor)

@@ -55,6 +55,7 @@ from .tasks import make_task
 
 log = logging.getLogger("cascade.train")
 STOP_FILE = "STOP"  # `touch RUN/STOP`: the run checkpoints after its current step and stops
+CSV_FIELDS = ("step", "loss", "lr", "samples_per_s", "wall_time")
 
 
 def _on_sigterm(callback) -> Any:
@@ -64,7 +65,6 @@ def _on_sigterm(callback) -> Any:
         return lambda: None
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: callback())
     return lambda: signal.signal(signal.SIGTERM, previous)
-CSV_FIELDS = ("step", "loss", "lr", "samples_per_s", "wall_time")
 
 
 @dataclass
@@ -386,8 +386,7 @@ class Trainer:
                 ema.update(network)
             out_of_time = main and req.max_minutes is not None and time.time() - session_start >= req.max_minutes * 60
             asked = main and (stop_file.exists() or stop_signal.is_set())
-            out_of_time = out_of_time or asked
-            stats = acc.reduce(torch.stack([step_loss, torch.tensor(float(out_of_time))]), reduction="sum")
+            stats = acc.reduce(torch.stack([step_loss, torch.tensor(float(out_of_time or asked))]), reduction="sum")
             loss_value = float(stats[0]) / acc.num_processes
             stop = bool(stats[1] > 0)
             window_time += time.time() - step_start  # training time only: checkpoints and grids excluded
