@@ -15,6 +15,7 @@ from torch import Tensor
 from .checkpoint import INDEX_NAME, CheckpointError, check_format, index_data, load_stage, read_json, save_stage, \
     write_json
 from .degrade import lowres_condition
+from .hardware import native_bf16
 from .images import load_image, tensor_to_pil
 from .model_config import ModelConfig, load_model_config
 from .stage import ROLES, SamplingConfig, Stage, check_sampling
@@ -58,7 +59,8 @@ def slerp(a: Tensor, b: Tensor, frac: Tensor | float) -> Tensor:
     return torch.nn.functional.normalize(out, dim=-1)
 
 
-DEFAULT_BF16 = frozenset({"sr256", "sr1024"})  # stages run under bf16 autocast unless told otherwise
+DEFAULT_BF16 = frozenset({"sr256", "sr1024"})  # stages run under bf16 autocast unless told otherwise,
+#   where the device has native bf16 (cascade.hardware.native_bf16): emulated bf16 is far slower than fp32
 
 
 class CascadePipeline:
@@ -75,12 +77,12 @@ class CascadePipeline:
         self.stages = {role: stages[role] for role in ROLES if role in stages}
         self.progress = progress
         # bf16: run these stages' networks under bf16 autocast (True: all; the sampler's arithmetic stays fp32)
-        # (None: DEFAULT_BF16, the SR stages: measured 1.75x faster text -> 1024 with outputs ~58 dB from
-        # fp32 and the same judge readings, tools/compare_precision.py)
-        if bf16 is None:
-            bf16 = DEFAULT_BF16 & set(self.stages)
-        self.bf16 = frozenset(self.stages if bf16 is True else () if bf16 is False else bf16)
-        unknown = sorted(self.bf16 - set(ROLES))
+        # (None: DEFAULT_BF16, the SR stages, on a device with native bf16 — measured 1.75x faster
+        # text -> 1024 on an AMX CPU with outputs ~58 dB from fp32 and the same judge readings,
+        # tools/compare_precision.py — and fp32 elsewhere, decided where the pipeline runs)
+        self._bf16_request = None if bf16 is None else frozenset(
+            self.stages if bf16 is True else () if bf16 is False else bf16)
+        unknown = sorted((self._bf16_request or frozenset()) - set(ROLES))
         if unknown:
             raise ValueError(f"bf16: unknown stage(s) {unknown} (known: {', '.join(ROLES)})")
         # channels-last convolutions: the same arithmetic in another memory order, ~1.5x faster
@@ -152,6 +154,13 @@ class CascadePipeline:
     @property
     def device(self) -> torch.device:
         return next(self.stages["decoder"].parameters()).device
+
+    @property
+    def bf16(self) -> frozenset[str]:
+        """The stages whose networks run under bf16 autocast on the current device."""
+        if self._bf16_request is not None:
+            return self._bf16_request
+        return DEFAULT_BF16 & set(self.stages) if native_bf16(self.device) else frozenset()
 
     @property
     def sizes(self) -> list[int]:

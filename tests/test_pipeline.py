@@ -284,10 +284,16 @@ def _unzeroed(config, **kw):
     return pipe
 
 
-def test_channels_last_and_bf16_stages(micro_config):
+def test_channels_last_and_bf16_stages(micro_config, monkeypatch):
     """Channels-last UNets (the default) compute what NCHW ones do; bf16 applies to the stages named
     and moves their output a little, not the stages before them."""
-    assert _unzeroed(micro_config).bf16 == {"sr256", "sr1024"}  # the default: bf16 for the SR stages
+    import cascade.pipeline as pipeline_module
+
+    default = _unzeroed(micro_config)
+    for native, expected in ((True, {"sr256", "sr1024"}), (False, set())):  # the default: bf16 SR stages where
+        monkeypatch.setattr(pipeline_module, "native_bf16", lambda device, native=native: native)  # it is native
+        assert default.bf16 == expected, native
+    monkeypatch.undo()
     cl, nchw = _unzeroed(micro_config, bf16=False), _unzeroed(micro_config, channels_last=False, bf16=False)
     assert cl.channels_last and not nchw.channels_last and not cl.bf16
     conv = next(p for p in cl.stages["sr256"].network.parameters() if p.dim() == 4)

@@ -292,3 +292,15 @@ def test_stop_file_checkpoints_and_stops(model, tmp_path, capsys):
     assert latest_checkpoint(run).name == "step-00000001"
     train(capsys, "prior", model, run, "--max-steps", 3, "--resume", *common)
     assert [r["step"] for r in read_loss_csv(run)] == [1, 2, 3]
+
+
+def test_bf16_falls_back_to_fp32_without_native_bf16(model, tmp_path, capsys, monkeypatch):
+    """On a device without native bf16 (emulated: many times slower) a bf16 recipe trains in fp32, and says so."""
+    import cascade.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: False)
+    code = main(["train", "prior", "--config", MICRO, "--model", str(model), "--run", str(tmp_path / "run"), *FAST,
+                 "--max-steps", "1", "--set", "mixed_precision='bf16'"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "no native bf16" in err and "global batch 8, no" in err, err

@@ -34,7 +34,8 @@ class TrainConfig:
     grad_clip: Optional[float] = 1.0  # clip the global gradient norm to this (None: off)
     ema_decay: float = 0.999  # EMA of the weights (what gets exported)
     ema_warmup: bool = True  # decay_n = min(ema_decay, (1 + n) / (10 + n)): early weights fade fast
-    mixed_precision: Literal["no", "bf16"] = "bf16"  # bf16 autocast (AMX on CPU), fp32 master weights
+    mixed_precision: Literal["no", "bf16"] = "bf16"  # bf16 autocast, fp32 master weights; fp32 (with a
+    #   warning) on a device without native bf16 (a CPU without AMX or AVX-512 BF16: emulated, many times slower)
     min_snr_gamma: Optional[float] = 5.0  # Min-SNR-γ loss weighting (Hang et al. 2023); None: off
     loss_weighting: Literal["min_snr", "plain"] = "min_snr"  # plain: the parametrisation's own MSE
     #   (min_snr_gamma unused). Min-SNR gives v- and x0-prediction a weight → 0 at high noise

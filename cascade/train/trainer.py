@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import INDEX_NAME, CheckpointError, load_weights, save_weights, write_json
 from ..config import ConfigError, to_dict
+from ..hardware import describe_cpu, native_bf16
 from ..model_config import ModelConfig, load_model_config
 from ..stage import Stage
 from .config import STAGES, TrainConfig, train_config_from_table
@@ -214,7 +215,17 @@ class Trainer:
         from accelerate.utils import is_tensorboard_available
 
         log_with = ["tensorboard"] if is_tensorboard_available() else None
-        acc = Accelerator(mixed_precision=self.train.mixed_precision, gradient_accumulation_steps=self.train.grad_accum,
+        precision = self.train.mixed_precision
+        # the device accelerate will pick (asking its state here would initialise it before the Accelerator)
+        on_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+        device = "cpu" if on_cpu else "cuda"
+        if precision == "bf16" and not native_bf16(device):
+            # emulated bf16 (an AVX2 CPU) is many times slower than fp32, and changes nothing else
+            if os.environ.get("RANK", "0") == "0":
+                log.warning("mixed_precision bf16: %s has no native bf16 (%s); training in fp32",
+                            device, describe_cpu() if on_cpu else device)
+            precision = "no"
+        acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=self.train.grad_accum,
                           log_with=log_with, project_dir=str(self.req.run_dir),
                           dataloader_config=DataLoaderConfiguration(split_batches=True))
         self.train.check_processes(acc.num_processes)
@@ -355,7 +366,7 @@ class Trainer:
             set_rng_state(load_state(rng_file))
         if main:
             log.info("training %s from step %d to %d on %d process(es), global batch %d, %s", role, step, t.max_steps,
-                     acc.num_processes, t.batch_size, t.mixed_precision)
+                     acc.num_processes, t.batch_size, acc.mixed_precision)
 
         result = TrainResult(step=step, stopped="max_steps", main_process=main)
         # RUN/STOP (a file) or SIGTERM: checkpoint after the current step and stop, as --max-minutes does
