@@ -304,3 +304,24 @@ def test_bf16_falls_back_to_fp32_without_native_bf16(model, tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert code == 0, err
     assert "no native bf16" in err and "global batch 8, no" in err, err
+
+
+def test_shared_embedding_cache_encodes_a_pool_once(model, tmp_path, capsys, monkeypatch):
+    """With $CASCADE_EMBEDDING_CACHE set, the decoder's run takes the prior's embeddings of the same pool
+    (same CLIP, same pool) instead of encoding it again; its own run cache holds the same tensors."""
+    from cascade.train.data import SHARED_CACHE_ENV
+
+    shared = tmp_path / "shared"
+    monkeypatch.setenv(SHARED_CACHE_ENV, str(shared))
+    logs = {}
+    for stage in ("prior", "decoder"):
+        code = main(["train", stage, "--config", MICRO, "--model", str(model), "--run", str(tmp_path / stage), *FAST,
+                     "--max-steps", "1", "--set", "mixed_precision='no'"])
+        logs[stage] = capsys.readouterr().err
+        assert code == 0, logs[stage]
+    assert "encoding 16 images" in logs["prior"] and "from the shared cache" not in logs["prior"]
+    assert "encoding" not in logs["decoder"] and "from the shared cache" in logs["decoder"]
+    (cached,) = shared.glob("clip-embeddings-*.safetensors")
+    a = load_file(str(cached))
+    b = load_file(str(tmp_path / "decoder" / "cache" / "clip-embeddings.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -15,6 +15,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 state=${1:-${CASCADE_TRAIN_DIR:-$HOME/.cache/cascade/shapes}}
 config=$here/configs/shapes.toml
 mkdir -p "$state"
+# the prior and the decoder train on the same pool with the same CLIP: encode it once for both
+export CASCADE_EMBEDDING_CACHE=${CASCADE_EMBEDDING_CACHE:-$state/cache}
 if [ ! -f "$state/model/model_index.json" ]; then
   if [ "${INIT:-}" = shipped ]; then
     python "$here/tools/export_model.py" "$here/cascade/weights/shapes" "$state/model"   # fp16 -> fp32

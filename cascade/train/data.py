@@ -363,6 +363,14 @@ def build_embedding_cache(clip: Any, source: Source, clip_weights: Path, path: O
         cached = EmbeddingCache.load(path, key)
         if cached is not None:
             return cached
+    shared = shared_cache_path(key)
+    if shared is not None:
+        cached = EmbeddingCache.load(shared, key)
+        if cached is not None:
+            log.info("embeddings from the shared cache %s", shared)
+            if path is not None:
+                _link_or_copy(shared, path)
+            return cached
     captions = [source.caption(i) for i in range(len(source))]
     unique = sorted(set(captions))
     where = {c: u for u, c in enumerate(unique)}
@@ -373,7 +381,41 @@ def build_embedding_cache(clip: Any, source: Source, clip_weights: Path, path: O
     cache = EmbeddingCache(tensors, key, unique)
     if path is not None:
         cache.save(path)
+    if shared is not None:
+        if path is not None:
+            _link_or_copy(path, shared)
+        else:
+            cache.save(shared)
     return cache
+
+
+SHARED_CACHE_ENV = "CASCADE_EMBEDDING_CACHE"  # a folder: runs that train on the same pool with the same CLIP
+#   (the prior and the decoder of tools/train_shapes.sh) encode it once, not once per run
+
+
+def shared_cache_path(key: str) -> Optional[Path]:
+    """Where the shared cache of `key` lives ($CASCADE_EMBEDDING_CACHE/clip-embeddings-HASH.safetensors), or None."""
+    import hashlib
+    import os
+
+    folder = os.environ.get(SHARED_CACHE_ENV)
+    if not folder:
+        return None
+    return Path(folder) / f"clip-embeddings-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """dst becomes src's content: a hard link where the file system allows, else an atomic copy."""
+    import os
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 __all__ = [
