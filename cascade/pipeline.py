@@ -393,15 +393,20 @@ class CascadePipeline:
                     guidance: Any = None, sampler: Any = None, final_size: Optional[int] = None,
                     return_intermediates: bool = False):
         """Frames along the slerp between two CLIP image embeddings (images, or texts through the
-        prior), decoded with shared noise so that neighbouring frames change smoothly."""
+        prior), decoded with shared noise and a deterministic sampler so that neighbouring frames
+        change smoothly (a stage whose default sampler is ddpm uses DDIM with η = 0 here)."""
         n_frames = self._check_count(n_frames, "n_frames")
         if n_frames < 2:
             raise ValueError(f"n_frames must be at least 2, got {n_frames}")
         options = self._sampling(steps, guidance, sampler)
-        options = {r: (dataclasses.replace(o, eta=0.0) if o.sampler == "ddim" else o) for r, o in options.items()}
+        asked = set(self.stages) if isinstance(sampler, str) else set(sampler or ())
         for role, o in options.items():
-            if role != "prior" and o.sampler == "ddpm":
+            if role == "prior" or o.sampler not in ("ddpm", "ddim"):
+                continue
+            if o.sampler == "ddpm" and role in asked:
                 raise ValueError(f"{role}: interpolation needs a deterministic sampler (ddim, dpmpp_2m, heun), not ddpm")
+            # a stage whose default is ddpm decodes frames with DDIM (η = 0), its deterministic counterpart
+            options[role] = dataclasses.replace(o, sampler="ddim", eta=0.0)
         final_role = self._final_role(final_size)
         g = self._generator(generator, seed)
         za, zb = self._embedding_of(a, options, g), self._embedding_of(b, options, g)

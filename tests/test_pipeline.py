@@ -229,6 +229,22 @@ def test_interpolation_endpoints_and_shared_noise(micro_pipe):
     assert len(frames) == 3
 
 
+def test_interpolation_of_a_ddpm_default_stage_is_deterministic(micro_pipe, monkeypatch):
+    """A decoder whose default sampler is ddpm interpolates with DDIM (η = 0), frames equal to asking for
+    ddim; asking for ddpm itself is refused (its fresh noise at every step breaks the shared-noise frames)."""
+    import dataclasses
+
+    dec = micro_pipe.stages["decoder"]
+    monkeypatch.setattr(dec, "config", dataclasses.replace(
+        dec.config, sampling=dataclasses.replace(dec.config.sampling, sampler="ddpm", steps=4)))
+    a, b = _image("RGB", (64, 64)), _image("RGB", (64, 64)).transpose(Image.FLIP_LEFT_RIGHT)
+    default = micro_pipe.interpolate(a, b, 3, seed=1, final_size=64)
+    ddim = micro_pipe.interpolate(a, b, 3, seed=1, final_size=64, sampler={"decoder": "ddim"})
+    assert [f.tobytes() for f in default] == [f.tobytes() for f in ddim]
+    with pytest.raises(ValueError, match="deterministic sampler"):
+        micro_pipe.interpolate(a, b, 3, seed=1, final_size=64, sampler={"decoder": "ddpm"})
+
+
 def test_text_diff(micro_pipe):
     src = _image("RGB", (64, 64))
     out = micro_pipe.text_diff(src, "a red circle", "a blue circle", [0.0, 0.25, 0.5], seed=0, final_size=64,
