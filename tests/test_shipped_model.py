@@ -14,15 +14,15 @@ from cascade.eval.judging import pipeline_generator, shapeworld_items
 from cascade.pipeline import DEFAULT_MODEL_DIR, CascadePipeline
 
 # Per output size: a little below what the committed weights measure with this file's prompts and
-# seeds (docs/shipped-model.md), so that noise in the judge does not fail CI but a broken stage does.
-# Measured (seed 7) on the weights of session 2 (hard-negative CLIP, decoder 2,004 more steps):
-# 64 px background 1.00, colour 0.71, count 0.62, size 0.54, shape 0.29, position 0.12, full 0.08;
-# 256 px the same but shape 0.21. (The first shipped weights: colour 0.33, count 0.33.) Shape, size,
-# position and full match are still at or below chance for this under-trained model, so only
-# the attributes it has learned carry a floor.
+# seeds (docs/shipped-model.md), so that noise in the judge, or another CPU's float rounding
+# changing a few samples, does not fail CI but a broken stage does. Measured (seed 7) on the
+# weights of session 3 (decoder +1,667 steps, ddpm 50 steps): 64 px background 1.00, colour 0.96,
+# count 0.83, size 0.79, position 0.75, shape 0.42, full 0.33; 256 px the same but shape 0.38.
+# (Session 2: colour 0.71, count 0.62, position 0.12.) Shape is still near chance for this
+# under-trained model, so only the attributes it has learned carry a floor.
 FLOORS = {
-    64: {"background": 0.9, "colour": 0.55, "count": 0.45},
-    256: {"background": 0.9, "colour": 0.55, "count": 0.45},
+    64: {"background": 0.9, "colour": 0.8, "count": 0.65, "size": 0.6, "position": 0.55},
+    256: {"background": 0.9, "colour": 0.8, "count": 0.65, "size": 0.6, "position": 0.55},
 }
 N_SINGLE = 24
 
@@ -66,7 +66,8 @@ def test_shipped_model_beats_shuffled_prompts(judged):
     shuffled = scenes[1:] + scenes[:1]
     own = accuracy(scores)
     other = accuracy([score(judge(img, s), s) for img, s in zip(images, shuffled)])
-    assert own["colour"] > other["colour"] + 0.35, (own, other)  # measured 0.71 against 0.17
+    assert own["colour"] > other["colour"] + 0.45, (own, other)  # measured 0.96 against 0.33
+    assert own["position"] > other["position"] + 0.25, (own, other)  # measured 0.75 against 0.29
 
 
 def test_cli_generate_uses_the_shipped_model_at_1024(tmp_path, capsys):
