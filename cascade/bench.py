@@ -31,8 +31,9 @@ from typing import Any, Optional
 
 import torch
 
-from .bench_worker import DTYPE_OF_MODE, Runner, make_inputs, matmul_peak, median, modes_for, native_bf16
+from .bench_worker import DTYPE_OF_MODE, Runner, make_inputs, matmul_peak, median, modes_for
 from .bench_report import render_markdown, summarize
+from .hardware import native_bf16
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "bench_worker.py"
@@ -201,7 +202,7 @@ def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[P
             return runner.warmup(mode) if warm else runner.time_once(mode)
         return client.ask(cmd="warmup" if warm else "time", key=f"{role}-{size}-{impl}", mode=mode)["ms"]
 
-    for mode in modes_for(kind):
+    for mode in modes_for(kind, bf16=native_bf16()):
         for impl in impls:
             once(impl, mode, warm=True)
         samples: dict[str, list[float]] = {impl: [] for impl in impls}
@@ -418,7 +419,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["peers"] = client.info if client else None
     try:
         log(f"matmul peak ({threads} threads)")
-        peaks = [matmul_peak(threads, repeats=3 if args.quick else 5)]
+        peaks = [matmul_peak(threads, repeats=3 if args.quick else 5, bf16=native_bf16())]
         log("  " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks[0].items()))
         result["networks"] = []
         for size in sizes:
@@ -428,7 +429,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log("decoder training")
             result["training"] = bench_training(config_path, specs["decoder"], client, args.train_steps or
                                                 (2 if args.quick else 5), log)
-        peaks.append(matmul_peak(threads, repeats=3 if args.quick else 5))
+        peaks.append(matmul_peak(threads, repeats=3 if args.quick else 5, bf16=native_bf16()))
     finally:
         if client is not None:
             client.close()

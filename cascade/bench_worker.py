@@ -31,15 +31,10 @@ PRIOR_MODES = ("fp32", "bf16_cl")  # no convolutions: channels-last means nothin
 DTYPE_OF_MODE = {"fp32": "fp32", "fp32_cl": "fp32", "bf16_cl": "bf16"}
 
 
-def native_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic (AMX or AVX-512 BF16); elsewhere bf16 is emulated, ~100x slower."""
-    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-
-
-def modes_for(kind: str) -> tuple[str, ...]:
-    """The modes timed on this CPU: the bf16 ones only where bf16 is native (nobody would run them elsewhere)."""
+def modes_for(kind: str, bf16: bool = True) -> tuple[str, ...]:
+    """The modes timed: the bf16 ones only with `bf16` (where the CPU has it natively; nobody runs them elsewhere)."""
     modes = PRIOR_MODES if kind == "prior" else MODES
-    return modes if native_bf16() else tuple(m for m in modes if DTYPE_OF_MODE[m] != "bf16")
+    return modes if bf16 else tuple(m for m in modes if DTYPE_OF_MODE[m] != "bf16")
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -132,12 +127,12 @@ class Runner:
         return int(counter.get_total_flops())
 
 
-def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """This CPU's measured matmul peak, GFLOP/s: best of `repeats` n×n @ n×n products, fp32 and (where
-    native) bf16."""
+def matmul_peak(threads: int, n: int = 2048, repeats: int = 5, bf16: bool = True) -> dict[str, float]:
+    """This CPU's measured matmul peak, GFLOP/s: best of `repeats` n×n @ n×n products, fp32 and (with
+    `bf16`) bf16."""
     torch.set_num_threads(threads)
     out = {}
-    dtypes = (("fp32", torch.float32), ("bf16", torch.bfloat16)) if native_bf16() else (("fp32", torch.float32),)
+    dtypes = (("fp32", torch.float32), ("bf16", torch.bfloat16)) if bf16 else (("fp32", torch.float32),)
     for name, dtype in dtypes:
         a = torch.randn(n, n).to(dtype)
         b = torch.randn(n, n).to(dtype)
