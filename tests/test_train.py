@@ -119,6 +119,25 @@ def test_loss_decreases_on_a_fixed_batch(role, micro_pipe, micro_config, micro_d
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
 
 
+def test_high_noise_share_draws_that_share_of_t_from_the_noisy_end(micro_config):
+    from cascade.stage import Stage
+    from cascade.train.data import sample_generator
+    from cascade.train.tasks import StageTask
+
+    def draws(**kw):
+        task = StageTask(Stage(micro_config.stages["decoder"]), train_config_from_table("decoder", kw), None, None, None)
+        return np.array([int(task._diffusion((1,), sample_generator(0, i))["t"]) for i in range(4000)]), task.T
+
+    t, T = draws()
+    assert abs((t >= 0.7 * T).mean() - 0.3) < 0.03  # uniform
+    t, T = draws(high_noise_share=0.5, high_noise_from=0.7)
+    assert abs((t >= 0.7 * T).mean() - (0.5 + 0.5 * 0.3)) < 0.03 and t.min() < 0.1 * T and t.max() == T - 1
+    with pytest.raises(ConfigError, match="high_noise_share"):
+        train_config_from_table("decoder", {"high_noise_share": 1.5})
+    with pytest.raises(ConfigError, match="high_noise_from"):
+        train_config_from_table("decoder", {"high_noise_from": 1.0})
+
+
 def test_loss_weighting_reaches_the_stage_loss(micro_config):
     """loss_weighting = "min_snr" hands min_snr_gamma to the diffusion loss; "plain" hands it None
     (the parametrisation's own MSE, which keeps the high-noise steps that min-SNR weights ~0)."""

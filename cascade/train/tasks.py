@@ -109,7 +109,10 @@ class StageTask(Task):
         return DiffusionLoss(self.stage, self.train.loss_min_snr_gamma)
 
     def _diffusion(self, shape: tuple[int, ...], g: torch.Generator) -> dict[str, Tensor]:
-        return {"t": torch.randint(0, self.T, (), generator=g), "noise": torch.randn(shape, generator=g)}
+        low = 0
+        if self.train.high_noise_share > 0 and torch.rand((), generator=g) < self.train.high_noise_share:
+            low = int(self.train.high_noise_from * self.T)
+        return {"t": torch.randint(low, self.T, (), generator=g), "noise": torch.randn(shape, generator=g)}
 
     def _images_in(self, *xs: Tensor) -> tuple[Tensor, ...]:
         if self.train.channels_last:
