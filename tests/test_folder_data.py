@@ -146,3 +146,25 @@ def test_empty_dataset_names_the_folder(tmp_path):
         ImageCaptionFolder(empty)
     with pytest.raises(FileNotFoundError):
         ImageCaptionFolder(tmp_path / "does_not_exist")
+
+
+def test_shapeworld_written_as_a_folder_reads_back_exactly(tmp_path, capsys):
+    from cascade.cli import main
+    from cascade.data import caption, judge_and_score, render_array, sample_scenes
+    from cascade.data.shapeworld import scene_from_dict
+
+    out = tmp_path / "sw"
+    assert main(["shapeworld", str(out), "--n", "6", "--size", "48", "--objects", "1", "--seed", "3"]) == 0
+    scenes = sample_scenes(6, 3, n_objects=1)
+    for source in (out, out / "scenes.jsonl"):           # the folder tree, and its JSONL index
+        data = ImageCaptionFolder(source)
+        assert len(data) == 6 and not data.skipped
+        for (image, text), scene in zip(data, scenes):
+            assert np.array_equal(np.asarray(image), render_array(scene, 48))
+            assert text == caption(scene)
+    rows = [json.loads(line) for line in (out / "scenes.jsonl").read_text().splitlines()]
+    assert [scene_from_dict(r["scene"]) for r in rows] == scenes
+    image, text = ImageCaptionFolder(out)[0]
+    assert judge_and_score(np.asarray(image), scenes[0])["full"] == 1
+    assert main(["shapeworld", str(out), "--n", "2"]) == 2       # not empty: refused
+    assert "not an empty folder" in capsys.readouterr().err
