@@ -131,7 +131,7 @@ def network_configs(config_path: Path) -> dict[str, dict[str, Any]]:
     for role, stage in mc.stages.items():
         s = stage.sampling
         guided = 2 if s.guidance != 1.0 else 1
-        batch = guided * (s.candidates if role == "prior" else 1)  # one image: CFG halves x prior candidates
+        batch = guided * s.candidates  # one image: CFG halves × candidates (prior, decoder)
         out[role] = {"network": json.loads(json.dumps(dict(stage.network))), "batch": batch,
                      "class": stage.network_class}
     return out

@@ -37,6 +37,8 @@ def _stage_values(pairs: Optional[Sequence[str]], kind: type, name: str) -> Opti
             out[role] = v
     if single is not None and out:
         stages = [r for r in STAGE_NAMES if not (name == "guidance" and r.startswith("sr"))]
+        if name == "candidates":  # a bare K is the decoder's
+            stages = ["decoder"]
         return {**{r: single for r in stages}, **out}
     return out or single
 
@@ -48,6 +50,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="sampling steps, for every stage or one (repeatable): --steps 20 --steps prior=10")
     p.add_argument("--guidance", action="append", metavar="[STAGE=]W", help="classifier-free guidance scale, likewise")
     p.add_argument("--sampler", action="append", metavar="[STAGE=]NAME", help="ddpm, ddim, dpmpp_2m or heun, likewise")
+    p.add_argument("--candidates", action="append", metavar="[STAGE=]K",
+                   help="draw K decoder images per output and keep the one CLIP ranks closest to the prompt "
+                        "(prior=K: the prior's embeddings likewise); default: the model's")
     p.add_argument("--size", type=int, choices=(64, 256, 1024), help="final image size (default: the largest stage)")
     p.add_argument("--bf16", metavar="STAGE,...|all|none",
                    help="run these stages' networks under bf16 autocast (default: sr256,sr1024 where the device "
@@ -83,11 +88,15 @@ def _load(args: argparse.Namespace):
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    candidates = _stage_values(args.candidates, int, "candidates")
+    if candidates is not None and not isinstance(candidates, dict):
+        candidates = {"decoder": candidates}
     return {
         "seed": args.seed,
         "steps": _stage_values(args.steps, int, "steps"),
         "guidance": _stage_values(args.guidance, float, "guidance"),
         "sampler": _stage_values(args.sampler, str, "sampler"),
+        "stage_options": {role: {"candidates": k} for role, k in (candidates or {}).items()} or None,
         "final_size": args.size,
     }
 

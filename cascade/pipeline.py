@@ -208,6 +208,8 @@ class CascadePipeline:
                 raise ValueError(f"{role}: {e}") from e
             if role.startswith("sr") and out[role].guidance != 1.0:
                 raise ValueError(f"{role}: super-resolution stages are not guided (guidance must be 1)")
+            if role.startswith("sr") and out[role].candidates != 1:
+                raise ValueError(f"{role}: super-resolution stages draw one image (candidates must be 1)")
         return out
 
     def _final_role(self, final_size: Optional[int]) -> str:
@@ -296,7 +298,11 @@ class CascadePipeline:
         noise = None
         if shared_noise:
             noise = torch.randn((1, 3, res, res), generator=generator).expand(B, -1, -1, -1).contiguous()
-        x = self._run_stage("decoder", (B, 3, res, res), cond, uncond, options["decoder"], generator, noise).clamp(-1, 1)
+        if shared_noise or options["decoder"].candidates == 1:
+            x = self._run_stage("decoder", (B, 3, res, res), cond, uncond, options["decoder"], generator, noise)
+        else:
+            x = self._best_of_candidates(cond, uncond, text, text_drop, image_embed, options["decoder"], generator)
+        x = x.clamp(-1, 1)
         outputs = {"decoder": x}
         for role in ("sr256", "sr1024"):
             if final_role == "decoder" or (role == "sr1024" and final_role == "sr256"):
@@ -312,6 +318,21 @@ class CascadePipeline:
                                 options[role], generator, noise).clamp(-1, 1)
             outputs[role] = x
         return outputs
+
+    def _best_of_candidates(self, cond: Mapping[str, Any], uncond: Mapping[str, Any], text, text_drop: Tensor,
+                            image_embed: Tensor, sampling: SamplingConfig, generator: torch.Generator) -> Tensor:
+        """Decode `candidates` images per condition and keep, for each, the one whose CLIP image
+        embedding is closest to its text embedding (to `image_embed` where the text is dropped)."""
+        k = sampling.candidates
+        B = image_embed.shape[0]
+        res = self.stages["decoder"].config.resolution
+        rep = lambda v: v.repeat_interleave(k, dim=0) if isinstance(v, Tensor) else v  # noqa: E731
+        x = self._run_stage("decoder", (B * k, 3, res, res), {key: rep(v) for key, v in cond.items()},
+                            {key: rep(v) for key, v in uncond.items()}, sampling, generator)
+        z = self.clip.encode_image(x.clamp(-1, 1)).float().view(B, k, -1)
+        target = torch.where(text_drop.view(B, 1).to(z.device), image_embed.float(), text.embed.float())
+        best = (z * target.unsqueeze(1)).sum(-1).argmax(dim=1)  # (B,)
+        return x.view(B, k, *x.shape[1:])[torch.arange(B), best]
 
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()
@@ -366,10 +387,12 @@ class CascadePipeline:
     @torch.inference_mode()
     def variations(self, image: str | Path | Image.Image, n: int = 4, *, generator: Optional[torch.Generator] = None,
                    seed: Optional[int] = None, steps: Any = None, guidance: Any = None, sampler: Any = None,
+                   stage_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
                    final_size: Optional[int] = None, return_intermediates: bool = False):
-        """n new images that keep the content of `image` (decoded from its CLIP image embedding)."""
+        """n new images that keep the content of `image` (decoded from its CLIP image embedding;
+        with decoder candidates, each the one closest to that embedding)."""
         n = self._check_count(n, "n")
-        options = self._sampling(steps, guidance, sampler)
+        options = self._sampling(steps, guidance, sampler, stage_options)
         final_role = self._final_role(final_size)
         image_embed = self.encode_images(image).repeat(n, 1)
         g = self._generator(generator, seed)
@@ -390,15 +413,17 @@ class CascadePipeline:
     @torch.inference_mode()
     def interpolate(self, a: str | Path | Image.Image, b: str | Path | Image.Image, n_frames: int = 8, *,
                     generator: Optional[torch.Generator] = None, seed: Optional[int] = None, steps: Any = None,
-                    guidance: Any = None, sampler: Any = None, final_size: Optional[int] = None,
-                    return_intermediates: bool = False):
+                    guidance: Any = None, sampler: Any = None,
+                    stage_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                    final_size: Optional[int] = None, return_intermediates: bool = False):
         """Frames along the slerp between two CLIP image embeddings (images, or texts through the
         prior), decoded with shared noise and a deterministic sampler so that neighbouring frames
-        change smoothly (a stage whose default sampler is ddpm uses DDIM with η = 0 here)."""
+        change smoothly (a stage whose default sampler is ddpm uses DDIM with η = 0 here; frames
+        draw one decoder image each, whatever its candidates)."""
         n_frames = self._check_count(n_frames, "n_frames")
         if n_frames < 2:
             raise ValueError(f"n_frames must be at least 2, got {n_frames}")
-        options = self._sampling(steps, guidance, sampler)
+        options = self._sampling(steps, guidance, sampler, stage_options)
         asked = set(self.stages) if isinstance(sampler, str) else set(sampler or ())
         for role, o in options.items():
             if role == "prior" or o.sampler not in ("ddpm", "ddim"):
@@ -420,16 +445,17 @@ class CascadePipeline:
     def text_diff(self, image: str | Path | Image.Image, from_text: str, to_text: str,
                   amount: float | Sequence[float] = 0.5, *, generator: Optional[torch.Generator] = None,
                   seed: Optional[int] = None, steps: Any = None, guidance: Any = None, sampler: Any = None,
+                  stage_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
                   final_size: Optional[int] = None, return_intermediates: bool = False):
         """Edit an image by the text diff z_d = norm(z_t(to) − z_t(from)): decode slerp(z_i, z_d, amount)
-        (DALL·E 2 §3.3); a list of amounts gives one image each, with shared noise."""
+        (DALL·E 2 §3.3); a list of amounts gives one image each, with shared noise (one decoder draw each)."""
         for name, t in (("from_text", from_text), ("to_text", to_text)):
             if not isinstance(t, str):
                 raise TypeError(f"{name} must be text, got {type(t).__name__}")
         amounts = [amount] if isinstance(amount, (int, float)) else list(amount)
         if not amounts or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1 for a in amounts):
             raise ValueError(f"amount must be a number or numbers in [0, 1], got {amount!r}")
-        options = self._sampling(steps, guidance, sampler)
+        options = self._sampling(steps, guidance, sampler, stage_options)
         final_role = self._final_role(final_size)
         g = self._generator(generator, seed)
         z_i = self.encode_images(image)

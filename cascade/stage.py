@@ -35,7 +35,9 @@ class SamplingConfig:
     eta: float = 0.0  # DDIM's η (0 = deterministic)
     spacing: Spacing = "trailing"  # how the steps are drawn from the schedule
     dynamic_threshold: Optional[float] = None  # Imagen's percentile (e.g. 0.995); None = off
-    candidates: int = 1  # prior only: draw k embeddings, keep the one closest to the text
+    candidates: int = 1  # prior: draw k embeddings, keep the one closest to the text (DALL·E 2 §2.2);
+    #   decoder: draw k images, keep the one its CLIP scores closest to the text (to the image embedding
+    #   where there is no text: variations); 1 for super-resolution stages and interpolation frames
     aug_level: float = 0.0  # super-resolution only: noise-conditioning augmentation at sampling
     tile: Optional[int] = None  # super-resolution only: evaluate in tile×tile cores (bounded memory)
     tile_margin: int = 0  # context pixels around each tile (≥ the network's receptive radius for exactness)

@@ -51,6 +51,8 @@ def test_generate_files_in_prompt_order(micro_dir, tmp_path, capsys):
     (["--guidance", "-1"], "guidance"),
     (["--sampler", "magic"], "unknown sampler"),
     (["--steps", "upscaler=3"], "unknown stage"),
+    (["--candidates", "0"], "candidates must be at least 1"),
+    (["--candidates", "sr1024=2"], "candidates must be 1"),
 ])
 def test_generate_bad_options(micro_dir, tmp_path, capsys, args, message):
     code, _, err = run(capsys, "generate", "a red circle", "--model", micro_dir, "--out", tmp_path / "x", "--quiet", *args)

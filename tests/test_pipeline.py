@@ -83,6 +83,42 @@ def test_bad_requests_fail_before_sampling(micro_pipe, kwargs, match):
     assert calls == []
 
 
+def test_decoder_candidates_keep_the_one_clip_ranks_first(micro_pipe, monkeypatch):
+    """candidates = k decodes k images per output in one batch and keeps the one whose CLIP embedding is
+    closest to the prompt's (to the image embedding for variations); SR stages refuse candidates."""
+    drawn = []
+    run_stage = micro_pipe._run_stage
+
+    def spy(role, shape, *a, **kw):
+        x = run_stage(role, shape, *a, **kw)
+        if role == "decoder":
+            drawn.append(x.clone())
+        return x
+
+    monkeypatch.setattr(micro_pipe, "_run_stage", spy)
+    prompts = ["a red circle", "a blue star"]
+    out = micro_pipe(prompts, seed=3, steps=2, final_size=64, return_intermediates=True,
+                     stage_options={"decoder": {"candidates": 3}})
+    (x,) = drawn
+    assert x.shape == (6, 3, 64, 64)
+    z = micro_pipe.clip.encode_image(x.clamp(-1, 1)).view(2, 3, -1)
+    best = (z * out.text_embeds.float()[:, None]).sum(-1).argmax(1)
+    assert torch.equal(out.stages["decoder"], x.clamp(-1, 1).view(2, 3, 3, 64, 64)[torch.arange(2), best])
+    drawn.clear()
+    src = _image("RGB", (64, 64))
+    var = micro_pipe.variations(src, 2, seed=1, steps=2, final_size=64, return_intermediates=True,
+                                stage_options={"decoder": {"candidates": 2}})
+    (x,) = drawn
+    z = micro_pipe.clip.encode_image(x.clamp(-1, 1)).view(2, 2, -1)
+    best = (z * micro_pipe.encode_images(src)[:, None]).sum(-1).argmax(1)
+    assert torch.equal(var.stages["decoder"], x.clamp(-1, 1).view(2, 2, 3, 64, 64)[torch.arange(2), best])
+    drawn.clear()
+    micro_pipe.interpolate(src, src, 2, seed=0, steps=2, final_size=64, stage_options={"decoder": {"candidates": 3}})
+    assert drawn[0].shape[0] == 2  # interpolation frames: one draw each
+    with pytest.raises(ValueError, match="candidates must be 1"):
+        micro_pipe("a red circle", stage_options={"sr256": {"candidates": 2}})
+
+
 def test_one_guidance_scale_means_the_guided_stages(micro_pipe):
     options = micro_pipe._sampling(guidance=2.5, steps=4)
     assert options["prior"].guidance == options["decoder"].guidance == 2.5

@@ -47,7 +47,7 @@ def _sampling(data: dict) -> list[str]:
         return []
     rows = [[role, s["sampler"], str(s["steps"]), _num(s["guidance"]), str(s.get("candidates", "")),
              _num(s.get("aug_level"))] for role, s in data["sampling"].items()]
-    return ["## Sampling", "", *_table(["stage", "sampler", "steps", "guidance", "prior candidates", "SR aug level"],
+    return ["## Sampling", "", *_table(["stage", "sampler", "steps", "guidance", "candidates", "SR aug level"],
                                        rows), ""]
 
 
