@@ -15,8 +15,10 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _stage_values(pairs: Optional[Sequence[str]], kind: type, name: str) -> Optional[Any]:
-    """`--steps 20` (all stages) or `--steps decoder=30 --steps prior=10` → value or {role: value}."""
+def _stage_values(pairs: Optional[Sequence[str]], kind: type, name: str,
+                  bare_roles: Optional[Sequence[str]] = None) -> Optional[Any]:
+    """`--steps 20` (all stages) or `--steps decoder=30 --steps prior=10` → value or {role: value};
+    with `bare_roles`, a bare value is theirs and the result is always {role: value}."""
     if not pairs:
         return None
     out: dict[str, Any] = {}
@@ -35,10 +37,8 @@ def _stage_values(pairs: Optional[Sequence[str]], kind: type, name: str) -> Opti
             if role not in STAGE_NAMES:
                 raise CliError(f"--{name}: unknown stage {role!r} (stages: {', '.join(STAGE_NAMES)})")
             out[role] = v
-    if single is not None and out:
-        stages = [r for r in STAGE_NAMES if not (name == "guidance" and r.startswith("sr"))]
-        if name == "candidates":  # a bare K is the decoder's
-            stages = ["decoder"]
+    if single is not None and (out or bare_roles):
+        stages = bare_roles or [r for r in STAGE_NAMES if not (name == "guidance" and r.startswith("sr"))]
         return {**{r: single for r in stages}, **out}
     return out or single
 
@@ -88,9 +88,7 @@ def _load(args: argparse.Namespace):
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    candidates = _stage_values(args.candidates, int, "candidates")
-    if candidates is not None and not isinstance(candidates, dict):
-        candidates = {"decoder": candidates}
+    candidates = _stage_values(args.candidates, int, "candidates", bare_roles=["decoder"])
     return {
         "seed": args.seed,
         "steps": _stage_values(args.steps, int, "steps"),

@@ -49,6 +49,17 @@ def decoder_condition(decoder: Stage, image_embed: Tensor, text: Any, image_drop
     return cond
 
 
+def _repeat_each(cond: Mapping[str, Any], k: int) -> dict[str, Any]:
+    """A condition for k draws per item: every tensor repeated k times along the batch, item-major."""
+    return {key: v.repeat_interleave(k, dim=0) if isinstance(v, Tensor) else v for key, v in cond.items()}
+
+
+def _closest(items: Tensor, z: Tensor, target: Tensor) -> Tensor:
+    """Per row b of `items` (B, k, ...), the candidate whose embedding z[b] (k, D) is closest to target[b] (D)."""
+    best = (z * target.unsqueeze(1)).sum(-1).argmax(dim=1)  # (B,)
+    return items[torch.arange(items.shape[0]), best]
+
+
 def slerp(a: Tensor, b: Tensor, frac: Tensor | float) -> Tensor:
     """Spherical interpolation between unit vectors a and b (B, D) at fraction(s) `frac`."""
     a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
@@ -279,13 +290,11 @@ class CascadePipeline:
         """CLIP image embeddings (B, D), normalised; the best of `candidates` draws per text."""
         k = sampling.candidates
         B, D = text.embed.shape
-        rep = lambda v: v.repeat_interleave(k, dim=0) if isinstance(v, Tensor) else v  # noqa: E731
-        cond = {key: rep(v) for key, v in self._prior_cond(text, drop).items()}
+        cond = _repeat_each(self._prior_cond(text, drop), k)
         uncond = {**cond, "text_drop": torch.ones_like(cond["text_drop"])}
         z = self._run_stage("prior", (B * k, D), cond, uncond, sampling, generator)
         z = self.stages["prior"].data_to_embed(z).view(B, k, D)
-        best = (z * text.embed.float().unsqueeze(1)).sum(-1).argmax(dim=1)  # (B,)
-        return z[torch.arange(B), best]
+        return _closest(z, z, text.embed.float())
 
     def _decode(self, image_embed: Tensor, text, text_drop: Tensor, options: Mapping[str, SamplingConfig],
                 final_role: str, generator: torch.Generator, shared_noise: bool = False) -> dict[str, Tensor]:
@@ -326,13 +335,11 @@ class CascadePipeline:
         k = sampling.candidates
         B = image_embed.shape[0]
         res = self.stages["decoder"].config.resolution
-        rep = lambda v: v.repeat_interleave(k, dim=0) if isinstance(v, Tensor) else v  # noqa: E731
-        x = self._run_stage("decoder", (B * k, 3, res, res), {key: rep(v) for key, v in cond.items()},
-                            {key: rep(v) for key, v in uncond.items()}, sampling, generator)
+        x = self._run_stage("decoder", (B * k, 3, res, res), _repeat_each(cond, k), _repeat_each(uncond, k),
+                            sampling, generator)
         z = self.clip.encode_image(x.clamp(-1, 1)).float().view(B, k, -1)
         target = torch.where(text_drop.view(B, 1).to(z.device), image_embed.float(), text.embed.float())
-        best = (z * target.unsqueeze(1)).sum(-1).argmax(dim=1)  # (B,)
-        return x.view(B, k, *x.shape[1:])[torch.arange(B), best]
+        return _closest(x.view(B, k, *x.shape[1:]), z, target)
 
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()

@@ -95,7 +95,7 @@ class ScenePool:
                     os.unlink(tmp)
                 raise
 
-    def save_image_folder(self, folder: str | os.PathLike) -> list[Path]:
+    def save_image_folder(self, folder: str | os.PathLike) -> None:
         """Write the pool as an image–caption folder (what ``ImageCaptionFolder`` reads, so the
         folder paths of training and ``cascade eval --data`` can be tried on ShapeWorld):
         ``000000.png`` + ``000000.txt`` per scene, and ``scenes.jsonl`` with each file's scene."""
@@ -104,15 +104,13 @@ class ScenePool:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         width = max(6, len(str(len(self) - 1)))
-        paths, lines = [], []
+        lines = []
         for i, (scene, text) in enumerate(zip(self.scenes, self.captions)):
             path = folder / f"{i:0{width}d}.png"
             Image.fromarray(np.asarray(self.images[i])).save(path)
             path.with_suffix(".txt").write_text(text + "\n")
-            paths.append(path)
             lines.append(json.dumps({"path": path.name, "caption": text, "scene": scene_to_dict(scene)}))
         (folder / "scenes.jsonl").write_text("\n".join(lines) + "\n")
-        return paths
 
     @classmethod
     def load(cls, folder: str | os.PathLike, *, mmap: bool = True) -> "ScenePool":
