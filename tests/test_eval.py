@@ -209,7 +209,10 @@ def test_cli_shapeworld_end_to_end(micro_dir, tmp_path, capsys):
     sr = data["super_resolution"]["sr256"]
     assert sr["size"] == 256 and sr["lowres_size"] == 64 and sr["psnr_bicubic"] > 20 and 0 < sr["ssim_bicubic"] <= 1
     assert sr["judge_bicubic"]["full"] == 1.0      # bicubic upsampling of a true render keeps everything
+    assert set(data["seconds"]) == {"judge", "variations", "retrieval", "prior", "super_resolution"}
+    assert data["machine"]["torch_threads"] >= 1 and data["model"] == str(micro_dir)
     md = (out / "report.md").read_text()
+    assert "torch threads" in md and "wall time judge" in md
     for heading in ("## Split", "## Judge accuracy", "## Variations", "## CLIP retrieval", "## Prior",
                     "## Super-resolution", "![samples.png](samples.png)", "Hard negatives", "Attributes kept"):
         assert heading in md
@@ -220,6 +223,8 @@ def test_same_seed_same_report_and_guidance_sweep(micro_pipe, tmp_path):
               sweep_n=2)
     first = shapeworld_suite(micro_pipe, seed=7, **kw)
     a, b = to_json(first.data), to_json(shapeworld_suite(micro_pipe, seed=7, **kw).data)
+    times = a.pop("seconds"), b.pop("seconds")       # wall times: the one thing a rerun may change
+    assert [list(t) for t in times] == [["judge", "prior", "sweep_guidance"]] * 2
     assert json.dumps(a) == json.dumps(b)
     assert a["judge"]["64"]["cmmd"] is not None and a["prior"]["n"] == 3
     sweep = a["sweeps"]["guidance"]

@@ -180,8 +180,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     pipe = CascadePipeline.from_pretrained(model, progress=False, bf16=_bf16_stages(args.bf16)).to(args.device)
     clip = _load_clip(args.clip, args.device) if args.clip else None
     start = time.time()
+    label = args.model or f"weights/{model.name} (the shipped model)"
     common = dict(n=args.n, seed=args.seed, size=args.size, steps=steps, guidance=guidance, sampler=sampler,
-                  batch_size=args.batch_size, clip=clip, progress=not args.quiet, model=str(args.model or model))
+                  batch_size=args.batch_size, clip=clip, progress=not args.quiet, model=label)
     if suite == "folder":
         result = folder_suite(pipe, dataset, inception=inception, **common)
     else:

@@ -55,7 +55,15 @@ def _header(data: dict, title: str) -> list[str]:
     line = f"model `{data.get('model')}` · seed {data['seed']} · n {data['n']} · batch size {data['batch_size']}"
     if data.get("metric_clip"):
         line += f" · metric CLIP: {data['metric_clip']}"
-    return [f"# cascade evaluation: {title}", "", line, ""]
+    out = [f"# cascade evaluation: {title}", "", line, ""]
+    machine, seconds = data.get("machine"), data.get("seconds")
+    if machine:
+        ran = (f"ran on {machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads), "
+               f"torch {machine['torch']}")
+        if seconds:
+            ran += " · wall time " + ", ".join(f"{part.replace('_', ' ')} {s:.0f} s" for part, s in seconds.items())
+        out += [ran, ""]
+    return out
 
 
 def _judge(data: dict) -> list[str]:

@@ -16,6 +16,10 @@ ShapeWorld, for `n` prompts (the split is written into the report):
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -72,6 +76,27 @@ def check_sweep_values(sweep: str, values: Optional[Sequence[Any]]) -> list:
 
 def _sampling_record(pipe: Any, steps: Any, guidance: Any, sampler: Any) -> dict:
     return {role: dataclasses.asdict(cfg) for role, cfg in pipe._sampling(steps, guidance, sampler).items()}
+
+
+def machine_record() -> dict:
+    """Where the evaluation ran: CPU, torch threads and versions (times in a report mean little without it)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+@contextmanager
+def _timed(seconds: dict, part: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[part] = round(time.perf_counter() - start, 1)
 
 
 def _clip_name(clip: Any, pipe: Any) -> Optional[str]:
@@ -150,37 +175,44 @@ def shapeworld_suite(pipe: Any = None, *, n: int, seed: int = 0, size: Optional[
         "suite": "shapeworld", "format": FORMAT, "model": model, "seed": seed, "n": n, "batch_size": batch_size,
         "split": {s: {"n": k, "description": SPLIT_DESCRIPTIONS[s]} for s, k in plan_split(n).items()},
         "sampling": _sampling_record(pipe, steps, guidance, sampler) if pipe is not None else None,
-        "metric_clip": _clip_name(clip, pipe),
+        "metric_clip": _clip_name(clip, pipe), "machine": machine_record(), "seconds": {},
     }
+    seconds = data["seconds"]                            # wall time of each part, filled as they run
     bar = Progress(total, progress)
     refs = References(clip, scenes) if clip is not None else None
     samples: list[Sample] = []
     try:
         with torch.no_grad():
             if run["judge"]:
-                stats, samples = generate_and_judge(generate, items, seed=seed, part="judge", batch_size=batch_size,
-                                                    clip=clip, progress=bar, keep_per_split=4)
-                data["sizes"] = sorted(stats)
-                data["judge"] = summarise(stats, refs)
+                with _timed(seconds, "judge"):
+                    stats, samples = generate_and_judge(generate, items, seed=seed, part="judge", batch_size=batch_size,
+                                                        clip=clip, progress=bar, keep_per_split=4)
+                    data["sizes"] = sorted(stats)
+                    data["judge"] = summarise(stats, refs)
             if run["variations"]:
-                source = max(64, own_clip.image_size[0]) if own_clip is not None else 64
-                data["variations"] = {"n": n_var, "source_size": source, "sizes": variation_suite(
-                    vary, variation_scenes(n_var, seed), seed=seed, batch_size=batch_size, source_size=source,
-                    clip=clip, progress=bar)}
+                with _timed(seconds, "variations"):
+                    source = max(64, own_clip.image_size[0]) if own_clip is not None else 64
+                    data["variations"] = {"n": n_var, "source_size": source, "sizes": variation_suite(
+                        vary, variation_scenes(n_var, seed), seed=seed, batch_size=batch_size, source_size=source,
+                        clip=clip, progress=bar)}
             if run["retrieval"]:
-                data["retrieval"] = {"clip": _clip_name(own_clip, pipe),
-                                     **retrieval_suite(own_clip, items, seed=seed, candidates=retrieval_candidates)}
+                with _timed(seconds, "retrieval"):
+                    data["retrieval"] = {"clip": _clip_name(own_clip, pipe),
+                                         **retrieval_suite(own_clip, items, seed=seed, candidates=retrieval_candidates)}
             if run["prior"]:
-                data["prior"] = prior_suite(pipe, scenes, seed=seed, batch_size=batch_size, steps=steps,
-                                            guidance=guidance, sampler=sampler, progress=bar)
+                with _timed(seconds, "prior"):
+                    data["prior"] = prior_suite(pipe, scenes, seed=seed, batch_size=batch_size, steps=steps,
+                                                guidance=guidance, sampler=sampler, progress=bar)
             if run["super_resolution"] and sr_roles:
-                data["super_resolution"] = {role: super_resolution_suite(
-                    pipe, role, sr_scenes, seed=seed, batch_size=batch_size, steps=steps, guidance=guidance,
-                    sampler=sampler, clip=clip, progress=bar) for role in sr_roles}
+                with _timed(seconds, "super_resolution"):
+                    data["super_resolution"] = {role: super_resolution_suite(
+                        pipe, role, sr_scenes, seed=seed, batch_size=batch_size, steps=steps, guidance=guidance,
+                        sampler=sampler, clip=clip, progress=bar) for role in sr_roles}
             if sweep != "none":
-                data["sweeps"] = {sweep: _run_sweep(pipe, sweep, sweep_items, values, samplers, stages, seed=seed,
-                                                    batch_size=batch_size, steps=steps, guidance=guidance,
-                                                    sampler=sampler, clip=clip, progress=bar)}
+                with _timed(seconds, f"sweep_{sweep}"):
+                    data["sweeps"] = {sweep: _run_sweep(pipe, sweep, sweep_items, values, samplers, stages, seed=seed,
+                                                        batch_size=batch_size, steps=steps, guidance=guidance,
+                                                        sampler=sampler, clip=clip, progress=bar)}
     finally:
         bar.close()
     data["skipped"] = {p: r for p, r in skipped.items() if p in parts}
@@ -236,6 +268,7 @@ def folder_suite(pipe: Any = None, data: Any = None, *, n: int, seed: int = 0, s
     ref_feats: dict[int, list] = {}
     text_feats, incep_gen, incep_ref, captions_used, samples = [], [], [], [], []
     bar = Progress(len(index), progress)
+    started = time.perf_counter()
     try:
         with torch.no_grad():
             for b, start in enumerate(range(0, len(index), batch_size)):
@@ -267,7 +300,8 @@ def folder_suite(pipe: Any = None, data: Any = None, *, n: int, seed: int = 0, s
         "suite": "folder", "format": FORMAT, "model": model, "data": str(dataset.root), "seed": seed, "n": len(index),
         "available": available, "skipped_items": dict(sorted(dataset.skipped.items())), "batch_size": batch_size,
         "sampling": _sampling_record(pipe, steps, guidance, sampler) if pipe is not None else None,
-        "metric_clip": _clip_name(clip, pipe), "sizes": sizes,
+        "metric_clip": _clip_name(clip, pipe), "sizes": sizes, "machine": machine_record(),
+        "seconds": {"generate_and_measure": round(time.perf_counter() - started, 1)},
     }
     if inception is None:
         out["fid"] = {"skipped": FID_SKIPPED}
