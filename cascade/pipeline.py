@@ -223,6 +223,15 @@ class CascadePipeline:
                 raise ValueError(f"{role}: super-resolution stages draw one image (candidates must be 1)")
         return out
 
+    def set_sampling_defaults(self, stage_options: Mapping[str, Mapping[str, Any]]) -> "CascadePipeline":
+        """Make these per-stage sampling options the defaults of every later call, e.g.
+        `pipe.set_sampling_defaults({"decoder": {"candidates": 2, "steps": 25}})`; checked first."""
+        checked = self._sampling(stage_options=stage_options)
+        for role in stage_options:
+            stage = self.stages[role]
+            stage.config = dataclasses.replace(stage.config, sampling=checked[role])
+        return self
+
     def _final_role(self, final_size: Optional[int]) -> str:
         if final_size is None:
             return [r for r in ("sr1024", "sr256", "decoder") if r in self.stages][0]

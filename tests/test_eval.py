@@ -187,7 +187,7 @@ def test_perfect_generator_scores_100(micro_pipe, tmp_path):
 def test_cli_shapeworld_end_to_end(micro_dir, tmp_path, capsys):
     out = tmp_path / "report"
     code, stdout, err = run(capsys, "eval", "--model", micro_dir, "--suite", "shapeworld", "--n", 3, "--out", out,
-                            "--size", 256, "--steps", 1, "--quiet")
+                            "--size", 256, "--steps", 1, "--candidates", 2, "--quiet")
     assert code == 0, err
     assert stdout.strip().endswith(str(out))
     for name in ("report.json", "report.md", "samples.png", "accuracy.png"):
@@ -196,6 +196,7 @@ def test_cli_shapeworld_end_to_end(micro_dir, tmp_path, capsys):
     assert data["figures"] == ["samples.png", "accuracy.png"]
     assert {k: v["n"] for k, v in data["split"].items()} == {"single_in": 1, "single_held_out": 1, "two_object": 1}
     assert data["sizes"] == [64, 256] and set(data["judge"]) == {"64", "256"}
+    assert data["sampling"]["decoder"]["candidates"] == 2 and data["sampling"]["decoder"]["steps"] == 1
     for entry in data["judge"].values():
         for acc in entry["accuracy"].values():
             assert all(0 <= v <= 1 for k, v in acc.items() if k != "n")
@@ -280,6 +281,8 @@ def test_cli_folder_suite(micro_dir, tmp_path, capsys, monkeypatch):
     (["--data", "{tmp}/missing"], "not found"),
     (["--parts", "judge,magic"], "unknown part"),
     (["--steps", "0"], "steps"),
+    (["--candidates", "sr256=2"], "super-resolution stages draw one image"),
+    (["--candidates", "0"], "candidates must be at least 1"),
     (["--inception-weights", "{tmp}/w.pth", "--data", "{tmp}/one"], "not a .safetensors"),
 ])
 def test_cli_bad_input(micro_dir, tmp_path, capsys, args, message):

@@ -1,6 +1,7 @@
 """The whole micro cascade end to end: text to 1024, variations, interpolation, text diff,
 save/load bit-exact, and bad input refused before any sampling."""
 
+import dataclasses
 import json
 import shutil
 
@@ -117,6 +118,21 @@ def test_decoder_candidates_keep_the_one_clip_ranks_first(micro_pipe, monkeypatc
     assert drawn[0].shape[0] == 2  # interpolation frames: one draw each
     with pytest.raises(ValueError, match="candidates must be 1"):
         micro_pipe("a red circle", stage_options={"sr256": {"candidates": 2}})
+
+
+def test_set_sampling_defaults_changes_later_calls_and_is_checked_first(micro_dir):
+    pipe = CascadePipeline.from_pretrained(micro_dir, progress=False)
+    before = pipe.stages["decoder"].config.sampling
+    with pytest.raises(ValueError, match="candidates must be 1"):
+        pipe.set_sampling_defaults({"decoder": {"candidates": 2}, "sr256": {"candidates": 2}})
+    assert pipe.stages["decoder"].config.sampling == before      # refused as a whole: nothing changed
+    assert pipe.set_sampling_defaults({"decoder": {"candidates": 2, "steps": 3}}) is pipe
+    assert pipe._sampling()["decoder"] == dataclasses.replace(before, candidates=2, steps=3)
+    a = pipe("a red circle", seed=1, final_size=64, return_intermediates=True).stages["decoder"]
+    fresh = CascadePipeline.from_pretrained(micro_dir, progress=False)
+    b = fresh("a red circle", seed=1, final_size=64, return_intermediates=True, steps={"decoder": 3},
+              stage_options={"decoder": {"candidates": 2}}).stages["decoder"]
+    assert torch.equal(a, b)
 
 
 def test_one_guidance_scale_means_the_guided_stages(micro_pipe):

@@ -36,6 +36,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--steps", action="append", metavar="[STAGE=]N", help="sampling steps, for every stage or one")
     p.add_argument("--guidance", action="append", metavar="[STAGE=]W", help="guidance scale, e.g. decoder=3")
     p.add_argument("--sampler", action="append", metavar="[STAGE=]NAME", help="ddpm, ddim, dpmpp_2m or heun")
+    p.add_argument("--candidates", action="append", metavar="[STAGE=]K",
+                   help="decoder (bare K) or prior candidates per output, CLIP-reranked (default: the model's)")
     p.add_argument("--sweep", default="none", help="none (default), guidance (decoder) or steps (per sampler and stage)")
     p.add_argument("--sweep-values", metavar="V,V,...", help="guidance scales (default 1,2,3,5,8) or steps (5,10,25,50)")
     p.add_argument("--sweep-n", type=int, help="prompts per sweep point (default min(n, 50))")
@@ -152,6 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         steps = _stage_values(args.steps, int, "steps")
         guidance = _stage_values(args.guidance, float, "guidance")
         sampler = _stage_values(args.sampler, str, "sampler")
+        candidates = _stage_values(args.candidates, int, "candidates", bare_roles=["decoder"])
     except CliError as e:
         raise EvalError(str(e)) from None
     sweep_kind = float if args.sweep == "guidance" else int
@@ -178,6 +181,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .suites import folder_suite, shapeworld_suite
 
     pipe = CascadePipeline.from_pretrained(model, progress=False, bf16=_bf16_stages(args.bf16)).to(args.device)
+    if candidates:
+        try:
+            pipe.set_sampling_defaults({role: {"candidates": k} for role, k in candidates.items()})
+        except ValueError as e:
+            raise EvalError(f"--candidates: {e}") from None
     clip = _load_clip(args.clip, args.device) if args.clip else None
     start = time.time()
     label = args.model or f"weights/{model.name} (the shipped model)"
