@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Write the shipped model's evaluation into docs/eval/ (what docs/eval/README.md summarises):
+#
+#   tools/eval_shipped.sh [OUT]        (default docs/eval; MODEL=DIR evaluates another model)
+#
+# Every run is seeded (seed 0), so a rerun on the same weights writes the same numbers (the
+# wall times differ). About an hour on a 2-core CPU without native bf16; parts can be run
+# alone: PARTS="main size-1024" tools/eval_shipped.sh
+set -euo pipefail
+out=${1:-docs/eval}
+model=${MODEL:+--model $MODEL}
+folder=$(mktemp -d)
+trap 'rm -rf "$folder"' EXIT
+run() { echo "== $1 ($(date -u +%FT%TZ))"; }
+for part in ${PARTS:-main size-1024 steps-decoder steps-prior steps-sr256 steps-sr1024 folder}; do
+  run "$part"
+  case $part in
+    # text → 64 px for 300 canonical captions (200 single objects, a third of them held-out pairs; 100 two-object
+    # relations), variations, CLIP retrieval, the prior, and the decoder's guidance trade-off
+    main) cascade eval $model --n 300 --size 64 --parts judge,variations,retrieval,prior --sweep guidance \
+            --sweep-n 50 --out "$out/main" --quiet ;;
+    # every stage's output judged up to 1024 px, and each SR stage from true renders against bicubic
+    size-1024) cascade eval $model --n 48 --size 1024 --parts judge,super_resolution --out "$out/size-1024" --quiet ;;
+    # steps × sampler for the decoder and for the prior (judged at 64 px; each prior point runs the decoder
+    # at its default 50 steps, hence fewer samplers there)
+    steps-decoder) cascade eval $model --n 24 --size 64 --parts prior --sweep steps --sweep-stages decoder \
+                     --sweep-values 5,10,25,50 --sweep-samplers ddim,dpmpp_2m,heun,ddpm --out "$out/steps-decoder" --quiet ;;
+    steps-prior) cascade eval $model --n 24 --size 64 --parts prior --sweep steps --sweep-stages prior \
+                   --sweep-values 5,10,25,50 --sweep-samplers ddim,dpmpp_2m --out "$out/steps-prior" --quiet ;;
+    # steps × sampler for the SR stages (PSNR, SSIM and judge from true low-resolution renders)
+    steps-sr256) cascade eval $model --n 24 --size 256 --parts super_resolution --sweep steps --sweep-stages sr256 \
+                   --sweep-values 2,4,8,16 --sweep-samplers ddim,dpmpp_2m,heun --out "$out/steps-sr256" --quiet ;;
+    steps-sr1024) cascade eval $model --n 8 --size 1024 --parts super_resolution --sweep steps --sweep-stages sr1024 \
+                    --sweep-values 2,4,8 --sweep-samplers ddim,dpmpp_2m --out "$out/steps-sr1024" --quiet ;;
+    # the folder suite on an image–caption folder written by `cascade shapeworld`
+    folder) cascade shapeworld "$folder/pairs" --n 100 --size 256 --seed 1 >/dev/null
+            cascade eval $model --data "$folder/pairs" --n 100 --size 256 --out "$out/folder" --quiet ;;
+    *) echo "unknown part $part" >&2; exit 2 ;;
+  esac
+done
