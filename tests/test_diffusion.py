@@ -117,6 +117,13 @@ def test_samplers_reproduce_gaussian(name, steps, spacing, param):
     assert out.std().item() == pytest.approx(0.3, rel=0.03)
 
 
+def test_heun_from_t_max_on_a_trailing_grid_stays_accurate_at_few_steps():
+    # the trailing grid starts at t = T (σ/α ≈ 3e4): a Heun correction there once gave std 1.18 here
+    out = _sample("heun", "v", [0.5], [0.3], [1.0], 10, spacing="trailing")
+    assert out.mean().item() == pytest.approx(0.5, abs=0.02)
+    assert out.std().item() == pytest.approx(0.3, rel=0.15)
+
+
 @pytest.mark.parametrize("name,steps,spacing", SAMPLER_SETTINGS)
 def test_samplers_reproduce_gaussian_mixture(name, steps, spacing):
     means, stds, weights = [-1.0, 1.5], [0.2, 0.3], [0.3, 0.7]

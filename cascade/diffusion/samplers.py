@@ -144,6 +144,9 @@ def sample_dpmpp_2m(
     return x
 
 
+HEUN_MAX_RATIO = 100.0
+
+
 @torch.inference_mode()
 def sample_heun(
     denoise: DenoiseFn,
@@ -159,8 +162,11 @@ def sample_heun(
 ) -> Tensor:
     """Heun's 2nd-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1),
 
-    in the scaled variables x̃ = x/α, σ̃ = σ/α where dx̃/dσ̃ = (x̃ − D)/σ̃; Euler on the last step.
-    Costs 2·steps − 1 network evaluations.
+    in the scaled variables x̃ = x/α, σ̃ = σ/α where dx̃/dσ̃ = (x̃ − D)/σ̃; Euler on the last step,
+    and on a step that shrinks σ̃ more than HEUN_MAX_RATIO-fold: a grid that starts at t = T
+    ("trailing") starts at σ̃ ≈ 3·10⁴ for a cosine schedule, where the trapezoid multiplies the
+    second slope's error by σ̃ (samples of a N(0.5, 0.3²) had std 6.7 after 5 such steps).
+    Costs at most 2·steps − 1 network evaluations.
     """
     ts, alpha, sigma = _grid(schedule, steps, spacing, x)
     x_scaled = x / alpha[0]  # x̃ at t_0
@@ -169,7 +175,7 @@ def sample_heun(
         x0 = _denoise(denoise, x_scaled * alpha[i], ts[i], cond)
         slope = (x_scaled - x0) / sig_t
         x_next = x_scaled + (sig_s - sig_t) * slope
-        if sig_s > 0:
+        if sig_s > 0 and sig_t <= HEUN_MAX_RATIO * sig_s:
             x0_next = _denoise(denoise, x_next * alpha[i + 1], ts[i + 1], cond)
             slope_next = (x_next - x0_next) / sig_s
             x_next = x_scaled + (sig_s - sig_t) * (slope + slope_next) / 2
@@ -196,7 +202,7 @@ def get_sampler(name: str):
 
 
 def network_evaluations(sampler: str, steps: int) -> int:
-    """How many denoiser calls a sampler makes for `steps` (before guidance doubling)."""
+    """How many denoiser calls a sampler makes for `steps` at most (before guidance doubling)."""
     get_sampler(sampler)
     return 2 * steps - 1 if sampler == "heun" else steps
 
