@@ -146,3 +146,13 @@ def test_peers_match_cascades_parameter_counts_at_the_shipped_sizes():
                 client.ask(cmd="drop", key=f"{role}-{peer}")
     finally:
         client.close()
+
+
+def test_the_text_to_1024_child_reports_json(micro_dir, capsys):
+    """The end-to-end child prints one JSON line (it once failed on the pipeline's frozenset of bf16 stages)."""
+    from cascade.bench import e2e_child
+    e2e_child(str(micro_dir), 1, 0, "a small red circle in the center on a white background")
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("E2E "))
+    result = json.loads(line[4:])
+    assert result["image_size"] == [1024, 1024] and isinstance(result["bf16"], list)
+    assert result["seconds"] > 0 and result["peak_rss_mb"] > 0
