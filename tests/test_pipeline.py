@@ -56,8 +56,8 @@ def test_per_stage_settings_change_the_work(micro_pipe):
         micro_pipe("a", seed=0, final_size=64, steps={"decoder": 2}, guidance={"decoder": 2.0})
         assert calls == [2, 2]  # guidance: conditional and unconditional in one batch
         calls.clear()
-        micro_pipe("a", seed=0, final_size=64, steps={"decoder": 2}, sampler={"decoder": "heun"}, guidance={"decoder": 1.0})
-        assert calls == [1, 1, 1]  # Heun: 2·steps − 1 evaluations
+        micro_pipe("a", seed=0, final_size=64, steps={"decoder": 3}, sampler={"decoder": "heun"}, guidance={"decoder": 1.0})
+        assert calls == [1, 1, 1, 1]  # Heun: 2 per step, Euler on the first (from t = T) and the last: 2·steps − 2
     finally:
         hook.remove()
 
