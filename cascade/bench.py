@@ -332,19 +332,16 @@ def e2e_child(model: str, threads: int, repeats: int, prompt: str) -> None:
     pipe._run_stage = lambda role, *a, **kw: timed(role, lambda *b, **c: run_stage(role, *b, **c))(*a, **kw)
     totals = []
     for i in range(repeats + 1):
-        if i == 1:
-            cold = dict(times)
-            times.clear()
         t = time.perf_counter()
         image = pipe(prompt, seed=i, final_size=1024)[0]
         totals.append(time.perf_counter() - t)
-    if not repeats:  # the one call was the cold one
-        cold = dict(times)
+        if i == 0:  # the cold call: its stage times apart from the repeats'
+            first = {k: sum(v) for k, v in times.items()}
+            times.clear()
     result = {
-        "model": str(model), "load_seconds": load, "first_seconds": totals[0],
-        "first_stage_seconds": {k: sum(v) for k, v in cold.items()},
+        "model": str(model), "load_seconds": load, "first_seconds": totals[0], "first_stage_seconds": first,
         "seconds": median(totals[1:]) if repeats else totals[0], "repeats": repeats,
-        "stage_seconds": {k: median(v) for k, v in times.items()} if repeats else {k: sum(v) for k, v in cold.items()},
+        "stage_seconds": {k: median(v) for k, v in times.items()} if repeats else first,
         "image_size": list(image.size), "bf16": sorted(pipe.bf16), "threads": torch.get_num_threads(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

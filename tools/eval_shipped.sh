@@ -11,9 +11,8 @@ out=${1:-docs/eval}
 model=${MODEL:+--model $MODEL}
 folder=$(mktemp -d)
 trap 'rm -rf "$folder"' EXIT
-run() { echo "== $1 ($(date -u +%FT%TZ))"; }
 for part in ${PARTS:-main size-1024 steps-decoder steps-prior steps-sr256 steps-sr1024 folder}; do
-  run "$part"
+  echo "== $part ($(date -u +%FT%TZ))"
   case $part in
     # text → 64 px for 300 canonical captions (200 single objects, a third of them held-out pairs; 100 two-object
     # relations), variations, CLIP retrieval, the prior, and the decoder's guidance trade-off
