@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024, choices=(64, 256, 1024))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--bf16", metavar="STAGE,...|all|none", help="stages under bf16 autocast (default: sr256,sr1024)")
+    ap.add_argument("--bf16", metavar="STAGE,...|all|none", help="stages under bf16 autocast (default: prior,sr256,sr1024 where bf16 is native)")
     ap.add_argument("--no-channels-last", action="store_true", help="UNets in the default (NCHW) memory order")
     args = ap.parse_args()
     if args.threads:
