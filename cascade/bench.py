@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import torch
 
-from .bench_worker import DTYPE_OF_MODE, Runner, make_inputs, matmul_peak, median, modes_for
+from .bench_worker import COMPILED, DTYPE_OF_MODE, Runner, make_inputs, matmul_peak, median, modes_for
 from .bench_report import render_markdown, summarize
 from .hardware import native_bf16
 
@@ -168,7 +168,7 @@ def count(module: torch.nn.Module) -> int:
 
 # ---------------------------------------------------------------------------- per-network timing
 def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[PeerClient], repeats: int,
-                  log) -> dict[str, Any]:
+                  log, compiled: bool = False) -> dict[str, Any]:
     network = sized(spec["network"], role, size)
     batch = spec["batch"]
     kind = KIND[role]
@@ -202,7 +202,7 @@ def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[P
             return runner.warmup(mode) if warm else runner.time_once(mode)
         return client.ask(cmd="warmup" if warm else "time", key=f"{role}-{size}-{impl}", mode=mode)["ms"]
 
-    for mode in modes_for(kind, bf16=native_bf16()):
+    for mode in modes_for(kind, bf16=native_bf16(), compiled=compiled):
         for impl in impls:
             once(impl, mode, warm=True)
         samples: dict[str, list[float]] = {impl: [] for impl in impls}
@@ -212,7 +212,7 @@ def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[P
                 samples[impl].append(once(impl, mode))
         entry["samples"][mode] = samples
         entry["ms"][mode] = {impl: median(v) for impl, v in samples.items()}
-        log(f"  {role:7s} {size:7s} {mode:8s} " + "  ".join(f"{i} {entry['ms'][mode][i]:8.1f} ms" for i in impls))
+        log(f"  {role:7s} {size:7s} {mode:15s} " + "  ".join(f"{i} {entry['ms'][mode][i]:8.1f} ms" for i in impls))
     for peer in impls[1:]:
         client.ask(cmd="drop", key=f"{role}-{size}-{peer}")
     return entry
@@ -408,6 +408,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "machine": machine_info(threads), "note": args.note, "repeats": repeats,
                               "modes": {"fp32": "fp32, NCHW", "fp32_cl": "fp32, channels-last",
                                         "bf16_cl": "bf16 autocast, channels-last"}}
+    if args.compile:
+        result["modes"].update({m + COMPILED: result["modes"][m] + ", torch.compile (inductor; compiled in the "
+                                "warm-up, not timed)" for m in ("fp32_cl", "bf16_cl")})
     python = peer_python(Path(args.peers)) if args.peers else None
     if args.peers and python is None:
         raise BenchError(f"no peers' environment at {args.peers}: make one with `python tools/bench.py "
@@ -423,7 +426,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["networks"] = []
         for size in sizes:
             for role in roles:
-                result["networks"].append(bench_network(role, size, specs[role], client, repeats, log))
+                result["networks"].append(bench_network(role, size, specs[role], client, repeats, log,
+                                                        compiled=args.compile))
         if not args.no_train and "decoder" in specs:
             log("decoder training")
             result["training"] = bench_training(config_path, specs["decoder"], client, args.train_steps or
@@ -463,6 +467,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-steps", type=int, help="timed training steps per implementation (default 5; quick 2)")
     p.add_argument("--sizes", help="comma-separated: shipped,base (default both; quick: shipped)")
     p.add_argument("--networks", help="comma-separated subset of prior,decoder,sr256,sr1024")
+    p.add_argument("--compile", action="store_true",
+                   help="also time every implementation under torch.compile (the best precision, channels-last; "
+                        "each network compiles once, ~1 min here)")
     p.add_argument("--no-train", action="store_true", help="skip the training comparison")
     p.add_argument("--no-e2e", action="store_true", help="skip text -> 1024")
     p.add_argument("--note", default="", help="a line about the conditions (e.g. what else was running)")

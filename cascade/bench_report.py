@@ -19,8 +19,8 @@ def pipeline_mode(network: str) -> str:
 
 def speedups(entry: dict[str, Any]) -> dict[str, Any]:
     """One network's ratios (> 1: cascade is faster). `vs_pipeline`: the faster peer at its best mode
-    against cascade at the settings its pipeline samples with by default (`pipeline_mode`; fp32 for
-    the prior, which has no channels-last mode); `best_vs_best`: both at their best mode;
+    against cascade at the settings its pipeline samples with by default (`pipeline_mode`; never
+    compiled: compilation is opt-in); `best_vs_best`: both at their best mode, compiled ones included;
     `same_mode`: the faster peer against cascade, mode by mode."""
     ms = entry["ms"]
     pipeline = pipeline_mode(entry["network"])
@@ -102,30 +102,37 @@ def _yes(flag: Optional[bool]) -> str:
     return "not measured" if flag is None else ("**reached**" if flag else "**not reached**")
 
 
+MODE_LABELS = {"fp32": "fp32", "fp32_cl": "fp32 CL", "bf16_cl": "bf16 CL",
+               "fp32_cl+compile": "fp32 CL compiled", "bf16_cl+compile": "bf16 CL compiled"}
+
+
 def network_table(result: dict[str, Any]) -> list[str]:
     peak = result["matmul_peak_gflops"]
-    lines = ["| network | size | implementation | params | GFLOP/eval | fp32 ms | fp32 CL ms | bf16 CL ms "
-             "| % of peak (fp32 / bf16) | cascade's speedup (fp32 / fp32 CL / bf16 CL) |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    modes = [m for m in MODE_LABELS if any(m in e["ms"] for e in result["networks"])]
+    labels = [MODE_LABELS[m] for m in modes]
+    lines = ["| network | size | implementation | params | GFLOP/eval | " + " | ".join(f"{x} ms" for x in labels)
+             + f" | % of peak (fp32 / bf16) | cascade's speedup ({' / '.join(labels)}) |",
+             "| --- | --- | --- | ---: | ---: | " + "---: | " * len(modes) + "---: | --- |"]
     for e in result["networks"]:
         ms = e["ms"]
         for impl in ms["fp32"]:
             frac = e["peak_fraction"]
             f32 = max(frac[m][impl] for m in frac if m.startswith("fp32"))
-            b16 = frac.get("bf16_cl", {}).get(impl)
+            b16 = max((frac[m][impl] for m in frac if m.startswith("bf16")), default=None)
             ratio = "" if impl == "cascade" else " / ".join(
-                _x(ms[m][impl] / ms[m]["cascade"]) if m in ms else "–" for m in ("fp32", "fp32_cl", "bf16_cl"))
+                _x(ms[m][impl] / ms[m]["cascade"]) if m in ms else "–" for m in modes)
             lines.append(
                 f"| {e['network'] if impl == 'cascade' else ''} | {e['size'] if impl == 'cascade' else ''} "
-                f"| {NAMES[impl]} | {_m(e['params'][impl])} | {e['flops'][impl] / 1e9:.2f} "
-                f"| {_ms(ms['fp32'][impl])} | {_ms(ms.get('fp32_cl', {}).get(impl))} | {_ms(ms.get('bf16_cl', {}).get(impl))} "
-                f"| {100 * f32:.1f}% / {'–' if b16 is None else f'{100 * b16:.1f}%'} | {ratio} |")
+                f"| {NAMES[impl]} | {_m(e['params'][impl])} | {e['flops'][impl] / 1e9:.2f} | "
+                + " | ".join(_ms(ms.get(m, {}).get(impl)) for m in modes)
+                + f" | {100 * f32:.1f}% / {'–' if b16 is None else f'{100 * b16:.1f}%'} | {ratio} |")
     lines.append("")
     bf16_peak = f"{peak['bf16']:.0f} GFLOP/s bf16" if "bf16" in peak else "bf16 not timed (emulated on this CPU)"
     lines.append(f"Peak: {peak['fp32']:.0f} GFLOP/s fp32, {bf16_peak} (the best 2048² matmul "
                  "of the run, at the start and the end; above 100%: the convolution kernels do fewer multiplications than the "
                  "direct count FlopCounterMode reports, e.g. Winograd). CL = channels-last (the prior has no convolutions: its "
-                 "bf16 column is bf16 autocast alone). A ratio is the peer's ms over cascade's in the same mode.")
+                 "bf16 columns are bf16 autocast alone); compiled = the same under torch.compile (inductor, default options; "
+                 "compiled during the warm-up, not timed). A ratio is the peer's ms over cascade's in the same mode.")
     return lines
 
 

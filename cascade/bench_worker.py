@@ -28,12 +28,17 @@ from torch import Tensor, nn
 
 MODES = ("fp32", "fp32_cl", "bf16_cl")  # fp32 NCHW is what cascade's pipeline runs
 PRIOR_MODES = ("fp32", "bf16_cl")  # no convolutions: channels-last means nothing to the prior
-DTYPE_OF_MODE = {"fp32": "fp32", "fp32_cl": "fp32", "bf16_cl": "bf16"}
+COMPILED = "+compile"  # a mode with this suffix runs the call through torch.compile (`cascade bench --compile`)
+DTYPE_OF_MODE = {"fp32": "fp32", "fp32_cl": "fp32", "bf16_cl": "bf16",
+                 "fp32_cl" + COMPILED: "fp32", "bf16_cl" + COMPILED: "bf16"}
 
 
-def modes_for(kind: str, bf16: bool = True) -> tuple[str, ...]:
-    """The modes timed: the bf16 ones only with `bf16` (where the CPU has it natively; nobody runs them elsewhere)."""
+def modes_for(kind: str, bf16: bool = True, compiled: bool = False) -> tuple[str, ...]:
+    """The modes timed: the bf16 ones only with `bf16` (where the CPU has it natively; nobody runs them
+    elsewhere); with `compiled`, also the fastest precision's channels-last mode under torch.compile."""
     modes = PRIOR_MODES if kind == "prior" else MODES
+    if compiled:
+        modes += (("bf16_cl" if bf16 else "fp32_cl") + COMPILED,)
     return modes if bf16 else tuple(m for m in modes if DTYPE_OF_MODE[m] != "bf16")
 
 
@@ -81,11 +86,12 @@ class Runner:
         self.repeat: dict[str, int] = {}  # calls per timed sample, per mode (short calls are grouped)
         self.config: dict[str, Any] = {}  # the constructor arguments (peers)
         self._mode = None
+        self._compiled: dict[str, Callable[[dict[str, Tensor]], Tensor]] = {}  # per mode: its own graphs
 
     def set_mode(self, mode: str) -> None:
         if mode == self._mode:
             return
-        cl = mode.endswith("_cl")
+        cl = "_cl" in mode
         self.module.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
         self._inputs = {
             k: (v.contiguous(memory_format=torch.channels_last) if cl and v.dim() == 4 else v.contiguous())
@@ -95,8 +101,11 @@ class Runner:
 
     def run(self, mode: str) -> Tensor:
         self.set_mode(mode)
+        call = self.call
+        if mode.endswith(COMPILED):  # compiled on the first call (the warm-up), fixed shapes
+            call = self._compiled.setdefault(mode, torch.compile(self.call, dynamic=False))
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.startswith("bf16")):
-            return self.call(self._inputs)
+            return call(self._inputs)
 
     def warmup(self, mode: str, min_seconds: float = 0.05) -> float:
         """Two untimed calls; fixes how many calls one timed sample groups. Returns ms per call."""

@@ -79,7 +79,8 @@ class CascadePipeline:
     """CLIP + prior + 64×64 decoder + optional SR-256 and SR-1024, as one generator."""
 
     def __init__(self, clip: Any, stages: Mapping[str, Stage], progress: bool = True,
-                 bf16: bool | Iterable[str] | None = None, channels_last: bool = True):
+                 bf16: bool | Iterable[str] | None = None, channels_last: bool = True,
+                 compile: bool | Iterable[str] = False):
         unknown = sorted(set(stages) - set(ROLES))
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown} (known: {', '.join(ROLES)})")
@@ -94,17 +95,34 @@ class CascadePipeline:
         # from fp32 and the same judge readings, tools/compare_precision.py. The prior: 1.44x faster
         # per evaluation, and its samples' cosine to the true image embedding 0.9709 against 0.9710
         # in fp32 on 300 captions, `cascade eval --parts prior --bf16 prior`)
-        self._bf16_request = None if bf16 is None else frozenset(
-            self.stages if bf16 is True else () if bf16 is False else bf16)
-        unknown = sorted((self._bf16_request or frozenset()) - set(ROLES))
-        if unknown:
-            raise ValueError(f"bf16: unknown stage(s) {unknown} (known: {', '.join(ROLES)})")
+        self._bf16_request = None if bf16 is None else self._stage_set("bf16", bf16)
         # channels-last convolutions: the same arithmetic in another memory order, ~1.5x faster
         # fp32 UNet evaluations on this kind of CPU (docs/bench.md)
         self.channels_last = channels_last
         if channels_last:
             for stage in self.stages.values():
                 stage.network.to(memory_format=torch.channels_last)
+        # compile: torch.compile these stages' networks (True: all) as their samplers call them; the
+        # first call of each input shape compiles (about a minute per stage on a 2-core CPU, less
+        # with inductor's on-disk cache warm), later calls fuse the norms and activations around the
+        # convolutions: measured in docs/bench-quick.md. The stages' own modules are unchanged
+        # (weights save and load as before); stages shared with another pipeline are compiled there too.
+        self.compiled = self._stage_set("compile", compile) & set(self.stages)
+        for role in self.compiled:
+            stage = self.stages[role]
+            stage.denoiser.network = torch.compile(stage.network, dynamic=False)
+
+    def _stage_set(self, name: str, value: bool | Iterable[str]) -> frozenset[str]:
+        """True: every stage; False: none; else the named stages, which must exist."""
+        if value is True or value is False:
+            return frozenset(self.stages) if value else frozenset()
+        if isinstance(value, str):
+            value = [value]
+        roles = frozenset(value)
+        unknown = sorted(roles - set(ROLES))
+        if unknown:
+            raise ValueError(f"{name}: unknown stage(s) {unknown} (known: {', '.join(ROLES)})")
+        return roles
 
     # ------------------------------------------------------------------ building and I/O
     @classmethod

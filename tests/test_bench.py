@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from cascade import bench
 from cascade.bench_report import render_markdown, speedups, summarize
@@ -46,7 +47,7 @@ def test_speedups_take_the_faster_peer_at_its_best_mode():
     assert s["faster_peer"] == "diffusers" and s["faster_peer_mode"] == "bf16_cl"
     assert s["vs_pipeline"] == pytest.approx(60 / 50)  # cascade's pipeline defaults for SR: bf16 channels-last
     assert s["cascade_pipeline_mode"] == "bf16_cl"
-    assert speedups(_result()["networks"][0])["cascade_pipeline_mode"] == "fp32"  # the prior has no convolutions
+    assert speedups(_result()["networks"][0])["cascade_pipeline_mode"] == "bf16_cl"  # autocast alone: no convolutions
     assert s["best_vs_best"] == pytest.approx(60 / 50)
     assert s["same_mode"]["fp32"] == pytest.approx(90 / 100)
     assert s["per_peer"]["fp32_cl"]["dalle2"] == pytest.approx(150 / 80)
@@ -59,7 +60,7 @@ def test_summary_fields():
                 "min_speedup_same_mode", "speedup_target_reached", "text_to_1024_target_reached",
                 "peak_rss_target_reached", "training_speedup_vs_dalle2"):
         assert key in s, key
-    assert s["min_speedup_vs_peers"] == pytest.approx(1.2)  # prior: 12 / 10 (fp32); sr256: 60 / 50 (bf16_cl)
+    assert s["min_speedup_vs_peers"] == pytest.approx(1.2)  # prior: 12 / 6 (bf16_cl); sr256: 60 / 50 (bf16_cl)
     assert s["speedup_target_reached"] is False  # 1.2 < 1.5
     assert s["text_to_1024_seconds"] == 12.0 and s["text_to_1024_target_reached"] is True
     assert s["peak_rss_mb"] == 1500.0 and s["peak_rss_target_reached"] is True
@@ -83,6 +84,29 @@ def test_markdown_reports_where_cascade_is_slower():
     assert "| network | size | implementation | params |" in md
     assert "sr256 (shipped, fp32): diffusers 90.0 ms, cascade 100 ms" in md
     assert "**not reached**" in md and "a training job ran" in md
+
+
+def test_compiled_modes_are_timed_and_reported():
+    """--compile adds the best precision's channels-last mode under torch.compile, for every
+    implementation alike; the Runner's compiled call computes what the eager one does."""
+    from cascade.bench_worker import Runner, modes_for
+
+    assert modes_for("sr", bf16=True, compiled=True)[-1] == "bf16_cl+compile"
+    assert modes_for("prior", bf16=False, compiled=True) == ("fp32", "fp32_cl+compile")
+    assert "+compile" not in "".join(modes_for("decoder", bf16=True))
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+    x = torch.randn(2, 4, 16, 16)
+    runner = Runner(conv, lambda i: torch.nn.functional.silu(conv(i["x"])), {"x": x})
+    eager, compiled = runner.run("fp32_cl"), runner.run("fp32_cl+compile")
+    assert compiled.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(eager, compiled, atol=1e-5) and runner.time_once("fp32_cl+compile") > 0
+    result = _result()
+    result["networks"][1]["ms"]["bf16_cl+compile"] = {"cascade": 25, "diffusers": 40, "dalle2": 100}
+    result["networks"][1]["peak_fraction"]["bf16_cl+compile"] = {"cascade": 0.4, "diffusers": 0.25, "dalle2": 0.1}
+    result["summary"] = summarize(result)
+    assert speedups(result["networks"][1])["best_vs_best"] == pytest.approx(40 / 25)  # both compiled
+    md = render_markdown(result)
+    assert "bf16 CL compiled ms" in md and "| 25.0 |" in md
 
 
 def test_cascade_bench_is_a_command():

@@ -100,6 +100,9 @@ def test_bf16_flag(micro_dir, tmp_path, capsys):
                        "--bf16", "decoder,sr512", "--quiet")
     assert code != 0 and "--bf16" in err and "sr512" in err and not out.exists()
     code, _, err = run(capsys, "generate", "a red circle", "--model", micro_dir, "--out", out, "--size", "64",
+                       "--compile", "sr512", "--quiet")
+    assert code != 0 and "--compile" in err and "sr512" in err and not out.exists()
+    code, _, err = run(capsys, "generate", "a red circle", "--model", micro_dir, "--out", out, "--size", "64",
                        "--bf16", "none", "--quiet")
     assert code == 0, err
     assert out.exists()

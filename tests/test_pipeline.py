@@ -378,3 +378,24 @@ def test_channels_last_and_bf16_stages(micro_config, monkeypatch):
     assert 0 < gap.mean() < 0.05, gap.mean()
     with pytest.raises(ValueError, match="unknown stage"):
         CascadePipeline(cl.clip, cl.stages, bf16={"sr512"})
+
+
+def test_compiled_stage_draws_what_the_eager_one_does(micro_config, tmp_path):
+    """compile={"sr256"} runs that stage's network through torch.compile: the same images within
+    fp32 rounding, the other stages untouched, and the weights save as before (no wrapper keys)."""
+    eager = _unzeroed(micro_config, bf16=False)
+    compiled = _unzeroed(micro_config, bf16=False, compile="sr256")
+    assert compiled.compiled == {"sr256"} and eager.compiled == frozenset()
+    assert compiled.stages["sr256"].denoiser.network is not compiled.stages["sr256"].network
+    assert compiled.stages["decoder"].denoiser.network is compiled.stages["decoder"].network
+    kw = dict(seed=3, final_size=256, steps={"sr256": 2}, return_intermediates=True)
+    a, b = eager("a red circle", **kw), compiled("a red circle", **kw)
+    assert torch.equal(a.stages["decoder"], b.stages["decoder"])
+    assert a.stages["sr256"].std() > 0.05
+    assert torch.allclose(a.stages["sr256"], b.stages["sr256"], atol=1e-4)
+    compiled.save_pretrained(tmp_path / "m")
+    again = CascadePipeline.from_pretrained(tmp_path / "m", progress=False)
+    for name, p in again.stages["sr256"].network.state_dict().items():
+        assert torch.equal(p, compiled.stages["sr256"].network.state_dict()[name]), name
+    with pytest.raises(ValueError, match="compile: unknown stage"):
+        CascadePipeline(eager.clip, eager.stages, compile={"sr512"})

@@ -1,6 +1,7 @@
 """Wall time of one text → image generation, per stage, and peak resident memory.
 
     python tools/time_generation.py [--model DIR | --config configs/micro.toml] [--size 1024] [--repeats 3]
+                                    [--bf16 STAGE,...] [--compile STAGE,...|all]
 
 Prints the median over repeats (after one warm-up) of each stage's seconds and the total.
 """
@@ -28,10 +29,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--bf16", metavar="STAGE,...|all|none", help="stages under bf16 autocast (default: prior,sr256,sr1024 where bf16 is native)")
     ap.add_argument("--no-channels-last", action="store_true", help="UNets in the default (NCHW) memory order")
+    ap.add_argument("--compile", metavar="STAGE,...|all|none", help="torch.compile these stages (default none); "
+                    "the warm-up call, which compiles, is reported apart")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    kw = dict(progress=False, bf16=_bf16_stages(args.bf16), channels_last=not args.no_channels_last)
+    kw = dict(progress=False, bf16=_bf16_stages(args.bf16), channels_last=not args.no_channels_last,
+              compile=_bf16_stages(args.compile, "compile") or False)
     pipe = (CascadePipeline.from_config(args.config, **kw) if args.config
             else CascadePipeline.from_pretrained(args.model, **kw))
     times: dict[str, list[float]] = {}
@@ -52,11 +56,14 @@ def main() -> None:
         pipe(args.prompt, seed=i, final_size=args.size)
         if i > 0:
             totals.append(time.perf_counter() - t)
+        else:
+            print(f"warm-up  {time.perf_counter() - t:8.3f} s  (the first call{', compiling' if pipe.compiled else ''})")
     for role, ts in times.items():
         print(f"{role:8s} {statistics.median(ts):8.3f} s")
     print(f"{'total':8s} {statistics.median(totals):8.3f} s  (text → {args.size}², median of {args.repeats}, "
           f"{torch.get_num_threads()} threads, bf16: {', '.join(sorted(pipe.bf16)) or 'none'}, "
-          f"channels-last: {'yes' if pipe.channels_last else 'no'})")
+          f"channels-last: {'yes' if pipe.channels_last else 'no'}, "
+          f"compiled: {', '.join(sorted(pipe.compiled)) or 'none'})")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
