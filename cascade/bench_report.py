@@ -275,8 +275,10 @@ METHOD = [
     "convolution (not its 3/7/15 cross-embed default), its base width `dim` set so that the parameter count "
     "matches cascade's (its blocks are larger at the same width). For SR its always-built middle attention is "
     "removed (cascade's and the paper's SR networks have none; its forward skips a `None`).", "",
-    "Modes: `fp32` = fp32, NCHW tensors (what `CascadePipeline` samples with: its `bf16` option is off by default "
-    "and it does not convert to channels-last); `fp32 CL` = fp32 with channels-last weights and inputs; `bf16 CL` = "
-    "bf16 autocast + channels-last. Every implementation is timed in every mode; the headline ratio is the "
-    "conservative one: the faster peer at its best mode against cascade at its pipeline's settings.",
+    "Modes: `fp32` = fp32, NCHW tensors; `fp32 CL` = fp32 with channels-last weights and inputs; `bf16 CL` = "
+    "bf16 autocast + channels-last; `… compiled` (with `--compile`) = that mode under `torch.compile`. "
+    "`CascadePipeline` samples by default channels-last, with bf16 autocast for the prior and the SR stages "
+    "where bf16 is native (fp32 CL for the decoder), and compiles nothing unless asked (`compile=`). Every "
+    "implementation is timed in every mode; the headline ratio is the conservative one: the faster peer at "
+    "its best mode against cascade at its pipeline's default settings.",
 ]
