@@ -72,7 +72,8 @@ def slerp(a: Tensor, b: Tensor, frac: Tensor | float) -> Tensor:
 
 DEFAULT_BF16 = frozenset({"prior", "sr256", "sr1024"})  # stages run under bf16 autocast unless told otherwise,
 #   where the device has native bf16 (cascade.hardware.native_bf16): emulated bf16 is far slower than fp32.
-#   Not the decoder: bf16 did not make it faster (33.4 ms fp32 CL and bf16 CL, docs/bench-quick.md).
+#   Not yet the decoder: session 6's bench found bf16 no faster for it (33.4 ms both), session 7's
+#   23.5 against 34.4 ms (docs/bench-quick.md); its judged quality in bf16 is not measured yet.
 
 
 class CascadePipeline:
@@ -92,8 +93,8 @@ class CascadePipeline:
         # bf16: run these stages' networks under bf16 autocast (True: all; the sampler's arithmetic stays fp32)
         # (None: DEFAULT_BF16 on a device with native bf16, fp32 elsewhere, decided where the pipeline
         # runs. The SR stages: measured 1.75x faster text -> 1024 on an AMX CPU with outputs ~58 dB
-        # from fp32 and the same judge readings, tools/compare_precision.py. The prior: 1.44x faster
-        # per evaluation, and its samples' cosine to the true image embedding 0.9709 against 0.9710
+        # from fp32 and the same judge readings, tools/compare_precision.py. The prior: 1.4-1.9x faster
+        # per evaluation (docs/bench-quick.md), and its samples' cosine to the true image embedding 0.9709 against 0.9710
         # in fp32 on 300 captions, `cascade eval --parts prior --bf16 prior`)
         self._bf16_request = None if bf16 is None else self._stage_set("bf16", bf16)
         # channels-last convolutions: the same arithmetic in another memory order, ~1.5x faster
@@ -113,7 +114,7 @@ class CascadePipeline:
             stage.denoiser.network = torch.compile(stage.network, dynamic=False)
 
     def _stage_set(self, name: str, value: bool | Iterable[str]) -> frozenset[str]:
-        """True: every stage; False: none; else the named stages, which must exist."""
+        """True: every stage; False: none; else the named stages (known roles; absent ones are ignored)."""
         if value is True or value is False:
             return frozenset(self.stages) if value else frozenset()
         if isinstance(value, str):
