@@ -277,8 +277,9 @@ METHOD = [
     "removed (cascade's and the paper's SR networks have none; its forward skips a `None`).", "",
     "Modes: `fp32` = fp32, NCHW tensors; `fp32 CL` = fp32 with channels-last weights and inputs; `bf16 CL` = "
     "bf16 autocast + channels-last; `… compiled` (with `--compile`) = that mode under `torch.compile`. "
-    "`CascadePipeline` samples by default channels-last, with bf16 autocast for the prior and the SR stages "
-    "where bf16 is native (fp32 CL for the decoder), and compiles nothing unless asked (`compile=`). Every "
+    "`CascadePipeline` samples by default channels-last, with bf16 autocast for every stage where bf16 is "
+    "native (fp32 elsewhere; before session 7, fp32 for the prior and the decoder), and compiles nothing "
+    "unless asked (`compile=`). Every "
     "implementation is timed in every mode; the headline ratio is the conservative one: the faster peer at "
     "its best mode against cascade at its pipeline's default settings.",
 ]

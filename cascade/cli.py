@@ -55,7 +55,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                         "(prior=K: the prior's embeddings likewise); default: the model's")
     p.add_argument("--size", type=int, choices=(64, 256, 1024), help="final image size (default: the largest stage)")
     p.add_argument("--bf16", metavar="STAGE,...|all|none",
-                   help="run these stages' networks under bf16 autocast (default: prior,sr256,sr1024 where the "
+                   help="run these stages' networks under bf16 autocast (default: all where the "
                         "device has native bf16, as AMX or AVX-512 BF16 CPUs do; none elsewhere)")
     p.add_argument("--compile", metavar="STAGE,...|all|none",
                    help="torch.compile these stages' networks (default none). The first image pays about a "

@@ -70,10 +70,8 @@ def slerp(a: Tensor, b: Tensor, frac: Tensor | float) -> Tensor:
     return torch.nn.functional.normalize(out, dim=-1)
 
 
-DEFAULT_BF16 = frozenset({"prior", "sr256", "sr1024"})  # stages run under bf16 autocast unless told otherwise,
-#   where the device has native bf16 (cascade.hardware.native_bf16): emulated bf16 is far slower than fp32.
-#   Not yet the decoder: session 6's bench found bf16 no faster for it (33.4 ms both), session 7's
-#   23.5 against 34.4 ms (docs/bench-quick.md); its judged quality in bf16 is not measured yet.
+DEFAULT_BF16 = frozenset({"prior", "decoder", "sr256", "sr1024"})  # stages run under bf16 autocast unless told
+#   otherwise, where the device has native bf16 (cascade.hardware.native_bf16): emulated bf16 is far slower than fp32.
 
 
 class CascadePipeline:
@@ -95,7 +93,9 @@ class CascadePipeline:
         # runs. The SR stages: measured 1.75x faster text -> 1024 on an AMX CPU with outputs ~58 dB
         # from fp32 and the same judge readings, tools/compare_precision.py. The prior: 1.4-1.9x faster
         # per evaluation (docs/bench-quick.md), and its samples' cosine to the true image embedding 0.9709 against 0.9710
-        # in fp32 on 300 captions, `cascade eval --parts prior --bf16 prior`)
+        # in fp32 on 300 captions, `cascade eval --parts prior --bf16 prior`. The decoder: 23.5 against
+        # 34.4 ms per evaluation (docs/bench-quick.md); text -> 64 px 1.39x faster, its images 52.4 dB from
+        # fp32 and judged alike on 32 prompts, `tools/compare_precision.py --bf16 decoder --size 64 --n 32`)
         self._bf16_request = None if bf16 is None else self._stage_set("bf16", bf16)
         # channels-last convolutions: the same arithmetic in another memory order, ~1.5x faster
         # fp32 UNet evaluations on this kind of CPU (docs/bench.md)

@@ -358,7 +358,7 @@ def test_channels_last_and_bf16_stages(micro_config, monkeypatch):
     import cascade.pipeline as pipeline_module
 
     default = _unzeroed(micro_config)
-    for native, expected in ((True, {"prior", "sr256", "sr1024"}), (False, set())):  # the default: bf16 where
+    for native, expected in ((True, {"prior", "decoder", "sr256", "sr1024"}), (False, set())):  # the default: bf16 where
         monkeypatch.setattr(pipeline_module, "native_bf16", lambda device, native=native: native)  # it is native
         assert default.bf16 == expected, native
     monkeypatch.undo()

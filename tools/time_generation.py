@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024, choices=(64, 256, 1024))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--bf16", metavar="STAGE,...|all|none", help="stages under bf16 autocast (default: prior,sr256,sr1024 where bf16 is native)")
+    ap.add_argument("--bf16", metavar="STAGE,...|all|none", help="stages under bf16 autocast (default: all where bf16 is native)")
     ap.add_argument("--no-channels-last", action="store_true", help="UNets in the default (NCHW) memory order")
     ap.add_argument("--compile", metavar="STAGE,...|all|none", help="torch.compile these stages (default none); "
                     "the warm-up call, which compiles, is reported apart")

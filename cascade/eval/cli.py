@@ -52,7 +52,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--inception-weights", metavar="FILE",
                    help="Inception-V3 .safetensors for FID (folder suite; default $CASCADE_INCEPTION_WEIGHTS)")
     p.add_argument("--bf16", metavar="STAGE,...|all|none",
-                   help="run these stages' networks under bf16 autocast (default: prior,sr256,sr1024 where the "
+                   help="run these stages' networks under bf16 autocast (default: all where the "
                         "device has native bf16; none elsewhere)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
