@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MODES = ("fp32", "fp32_cl", "bf16_cl")  # fp32 NCHW is what cascade's pipeline runs
+MODES = ("fp32", "fp32_cl", "bf16_cl")  # fp32 NCHW is the plain baseline; the pipeline runs channels-last
 PRIOR_MODES = ("fp32", "bf16_cl")  # no convolutions: channels-last means nothing to the prior
 COMPILED = "+compile"  # a mode with this suffix runs the call through torch.compile (`cascade bench --compile`)
 DTYPE_OF_MODE = {"fp32": "fp32", "fp32_cl": "fp32", "bf16_cl": "bf16",
