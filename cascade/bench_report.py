@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .bench_worker import COMPILED
 from .pipeline import DEFAULT_BF16
 
 SPEEDUP_TARGET = 1.5  # per-network eval at equal size vs the faster peer (issue 5)
@@ -103,7 +104,7 @@ def _yes(flag: Optional[bool]) -> str:
 
 
 MODE_LABELS = {"fp32": "fp32", "fp32_cl": "fp32 CL", "bf16_cl": "bf16 CL",
-               "fp32_cl+compile": "fp32 CL compiled", "bf16_cl+compile": "bf16 CL compiled"}
+               "fp32_cl" + COMPILED: "fp32 CL compiled", "bf16_cl" + COMPILED: "bf16 CL compiled"}
 
 
 def network_table(result: dict[str, Any]) -> list[str]:

@@ -57,17 +57,17 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", metavar="STAGE,...|all|none",
                    help="run these stages' networks under bf16 autocast (default: all where the "
                         "device has native bf16, as AMX or AVX-512 BF16 CPUs do; none elsewhere)")
-    p.add_argument("--compile", metavar="STAGE,...|all|none",
+    p.add_argument("--compile", metavar="STAGE,...|all|none", default="none",
                    help="torch.compile these stages' networks (default none). The first image pays about a "
                         "minute per stage to compile: worth it for many images (docs/bench-quick.md)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _bf16_stages(value: Optional[str], flag: str = "bf16") -> frozenset[str] | bool | None:
+def _stage_choice(value: Optional[str], flag: str = "bf16") -> frozenset[str] | bool | None:
     """--bf16 / --compile: all, none or STAGE,... (None: not given, the pipeline's default)."""
     if value is None:
-        return None  # the pipeline's default (cascade.pipeline.DEFAULT_BF16; no compilation)
+        return None  # --bf16 not given: the pipeline's default (cascade.pipeline.DEFAULT_BF16)
     if value == "none":
         return False
     if value == "all":
@@ -86,8 +86,8 @@ def _load(args: argparse.Namespace):
     if args.model is None and not DEFAULT_MODEL_DIR.is_dir():
         raise CliError("no default model is shipped with this installation yet: pass --model DIR "
                        "(make one with `cascade init configs/micro.toml DIR`)")
-    bf16 = _bf16_stages(args.bf16)
-    compiled = _bf16_stages(args.compile, "compile") or False
+    bf16 = _stage_choice(args.bf16)
+    compiled = _stage_choice(args.compile, "compile")
     pipe = CascadePipeline.from_pretrained(path, progress=not args.quiet, bf16=bf16, compile=compiled)
     return pipe.to(args.device)
 

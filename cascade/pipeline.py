@@ -92,10 +92,11 @@ class CascadePipeline:
         # (None: DEFAULT_BF16 on a device with native bf16, fp32 elsewhere, decided where the pipeline
         # runs. The SR stages: measured 1.75x faster text -> 1024 on an AMX CPU with outputs ~58 dB
         # from fp32 and the same judge readings, tools/compare_precision.py. The prior: 1.4-1.9x faster
-        # per evaluation (docs/bench-quick.md), and its samples' cosine to the true image embedding 0.9709 against 0.9710
-        # in fp32 on 300 captions, `cascade eval --parts prior --bf16 prior`. The decoder: 23.5 against
-        # 34.4 ms per evaluation (docs/bench-quick.md); text -> 64 px 1.39x faster, its images 52.4 dB from
-        # fp32 and judged alike on 32 prompts, `tools/compare_precision.py --bf16 decoder --size 64 --n 32`)
+        # per evaluation (docs/bench-quick.md), and its samples' cosine to the true image embedding
+        # 0.9709 against 0.9710 in fp32 on 300 captions, `cascade eval --parts prior --bf16 prior`.
+        # The decoder: 23.5 against 34.4 ms per evaluation (docs/bench-quick.md); text -> 64 px 1.39x
+        # faster, its images 52.4 dB from fp32 and judged alike on 32 prompts,
+        # `tools/compare_precision.py --bf16 decoder --size 64 --n 32`)
         self._bf16_request = None if bf16 is None else self._stage_set("bf16", bf16)
         # channels-last convolutions: the same arithmetic in another memory order, ~1.5x faster
         # fp32 UNet evaluations on this kind of CPU (docs/bench.md)

@@ -91,10 +91,10 @@ def test_vary_and_interpolate(micro_dir, tmp_path, capsys):
 
 def test_bf16_flag(micro_dir, tmp_path, capsys):
     """--bf16 takes all, none or stage names; anything else is refused before the model loads."""
-    from cascade.cli import _bf16_stages
+    from cascade.cli import _stage_choice
 
-    assert _bf16_stages(None) is None and _bf16_stages("none") is False and _bf16_stages("all") is True
-    assert _bf16_stages("decoder, sr1024") == {"decoder", "sr1024"}
+    assert _stage_choice(None) is None and _stage_choice("none") is False and _stage_choice("all") is True
+    assert _stage_choice("decoder, sr1024") == {"decoder", "sr1024"}
     out = tmp_path / "x.png"
     code, _, err = run(capsys, "generate", "a red circle", "--model", micro_dir, "--out", out, "--size", "64",
                        "--bf16", "decoder,sr512", "--quiet")

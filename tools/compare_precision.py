@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from cascade.cli import _bf16_stages
+from cascade.cli import _stage_choice
 from cascade.data import caption, judge, sample_scenes, score
 from cascade.eval.metrics import psnr
 from cascade.images import tensor_to_pil
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     args = ap.parse_args()
     fp32 = CascadePipeline.from_pretrained(args.model, progress=False, bf16=False)
-    mixed = CascadePipeline(fp32.clip, fp32.stages, progress=False, bf16=_bf16_stages(args.bf16))
+    mixed = CascadePipeline(fp32.clip, fp32.stages, progress=False, bf16=_stage_choice(args.bf16))
     scenes = sample_scenes(args.n, seed=2024)
     seconds = {"fp32": 0.0, "bf16": 0.0}
     gaps: dict[str, list[float]] = {}

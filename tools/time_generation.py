@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from cascade.cli import _bf16_stages
+from cascade.cli import _stage_choice
 from cascade.pipeline import CascadePipeline
 
 
@@ -29,13 +29,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--bf16", metavar="STAGE,...|all|none", help="stages under bf16 autocast (default: all where bf16 is native)")
     ap.add_argument("--no-channels-last", action="store_true", help="UNets in the default (NCHW) memory order")
-    ap.add_argument("--compile", metavar="STAGE,...|all|none", help="torch.compile these stages (default none); "
+    ap.add_argument("--compile", metavar="STAGE,...|all|none", default="none", help="torch.compile these stages (default none); "
                     "the warm-up call, which compiles, is reported apart")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    kw = dict(progress=False, bf16=_bf16_stages(args.bf16), channels_last=not args.no_channels_last,
-              compile=_bf16_stages(args.compile, "compile") or False)
+    kw = dict(progress=False, bf16=_stage_choice(args.bf16), channels_last=not args.no_channels_last,
+              compile=_stage_choice(args.compile, "compile"))
     pipe = (CascadePipeline.from_config(args.config, **kw) if args.config
             else CascadePipeline.from_pretrained(args.model, **kw))
     times: dict[str, list[float]] = {}

@@ -175,12 +175,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         elif not args.quiet:
             print(FID_SKIPPED)
 
-    from ..cli import _bf16_stages
+    from ..cli import _stage_choice
     from ..pipeline import CascadePipeline
     from .report import write_report
     from .suites import folder_suite, shapeworld_suite
 
-    pipe = CascadePipeline.from_pretrained(model, progress=False, bf16=_bf16_stages(args.bf16)).to(args.device)
+    pipe = CascadePipeline.from_pretrained(model, progress=False, bf16=_stage_choice(args.bf16)).to(args.device)
     if candidates:
         try:
             pipe.set_sampling_defaults({role: {"candidates": k} for role, k in candidates.items()})
