@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from .common import count_parameters, select
+from .common import TransformerBlock, count_parameters, key_padding_bias, select, zero_module
 from .text_encoder import TextTransformer
 from .unet import UNet, UNetConfig
 
@@ -28,6 +28,7 @@ class DecoderConfig(UNetConfig):
     text_heads: int = 32  # "own" only: text transformer heads
     text_vocab_size: int = 49408  # "own" only: vocabulary of text_ids (open_clip's tokenizer)
     null_text_length: int = 0  # "clip" only: leading null token positions visible where text is dropped
+    text_adapter_layers: int = 0  # "clip" only: bidirectional transformer layers over the text tokens (see Decoder)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -35,6 +36,12 @@ class DecoderConfig(UNetConfig):
             raise ValueError("num_image_tokens must be at least 1")
         if not 0 <= self.null_text_length <= self.text_context:
             raise ValueError(f"null_text_length {self.null_text_length} must be in [0, text_context]")
+        if self.text_adapter_layers < 0:
+            raise ValueError(f"text_adapter_layers must be at least 0, got {self.text_adapter_layers}")
+        if self.text_adapter_layers and self.text_source != "clip":
+            raise ValueError('text_adapter_layers needs text_source "clip" (the "own" encoder is trained already)')
+        if self.text_adapter_layers and self.context_dim % self.head_dim:
+            raise ValueError(f"context_dim {self.context_dim} is not divisible by head_dim {self.head_dim}")
         if self.text_source == "own" and self.text_width % self.text_heads:
             raise ValueError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
 
@@ -53,6 +60,14 @@ class Decoder(nn.Module):
       its last position is projected into the timestep embedding and all its states (to
       `context_dim` by a linear layer when the widths differ) are context tokens.
     - "none": image conditioning only.
+
+    `text_adapter_layers` > 0 ("clip" only) runs that many bidirectional pre-LN transformer
+    blocks (with a learned position embedding) over the projected token states before the
+    UNet sees them. CLIP's causal token states are close to a bag of words: they say "red",
+    "circle", "left" but not which object "left of" binds, and a decoder reading them directly
+    draws the two objects of "A to the left of B" in either order. The adapter is trained with
+    the decoder; its blocks' output layers and the position embedding start at zero, so
+    adding it to a trained decoder leaves the decoder's function unchanged until it learns.
 
     Classifier-free guidance: where `image_drop` is True the image embedding is replaced by
     a learned null (before both projections; diffusers' learned_classifier_free_guidance_
@@ -76,6 +91,14 @@ class Decoder(nn.Module):
             self.text_to_emb = nn.Linear(c.embed_dim, emb_dim)
             self.text_tokens_proj = nn.Linear(c.text_width, c.context_dim)
             self.text_tokens_norm = nn.LayerNorm(c.context_dim)
+            if c.text_adapter_layers:
+                self.text_adapter_pos = nn.Parameter(torch.zeros(c.text_context, c.context_dim))
+                self.text_adapter = nn.ModuleList(
+                    TransformerBlock(c.context_dim, c.context_dim // c.head_dim, c.dropout)
+                    for _ in range(c.text_adapter_layers))
+                for block in self.text_adapter:
+                    zero_module(block.attn.to_out)
+                    zero_module(block.mlp.fc2)
         elif c.text_source == "own":
             self.text_encoder = TextTransformer(
                 c.text_vocab_size, c.text_context, c.text_width, c.text_layers, c.text_heads, c.dropout
@@ -104,6 +127,11 @@ class Decoder(nn.Module):
         text_tokens = select(text_drop, self.null_text_tokens[:L], text_tokens)
         text_mask = select(text_drop, null_mask, text_mask)
         tokens = self.text_tokens_norm(self.text_tokens_proj(text_tokens))  # (B, L, context_dim)
+        if c.text_adapter_layers:
+            tokens = tokens + self.text_adapter_pos[:L]
+            bias = key_padding_bias(text_mask)[:, None, None, :]  # (B, 1, 1, L): padding is never attended
+            for block in self.text_adapter:
+                tokens = block(tokens, bias)
         return self.text_to_emb(text_embed), tokens, text_mask
 
     def _own_text(self, text_ids, text_mask, text_drop):

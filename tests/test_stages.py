@@ -202,6 +202,33 @@ def test_decoder_masks_padding_tokens():
     assert (run(decoder, visible) - base).abs().amax() > 1e-3
 
 
+def test_decoder_text_adapter_reads_token_order():
+    """Cross-attention alone cannot see where a token stands: swapping two visible token states
+    leaves the output unchanged. The adapter (bidirectional, with positions) makes order count;
+    it starts at zero, so a trained decoder grown by it computes what it did."""
+    plain = perturbed(Decoder(from_dict(DecoderConfig, TINY_DECODER)))
+    grown = Decoder(from_dict(DecoderConfig, dict(TINY_DECODER, text_adapter_layers=2))).eval()
+    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("text_adapter") for k in missing)
+    inputs = decoder_inputs()
+    swapped = dict(inputs, text_tokens=inputs["text_tokens"][:, [1, 0, 2, 3, 4, 5]])  # tokens 0-3 are visible
+    torch.testing.assert_close(run(grown, inputs), run(plain, inputs), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(run(plain, swapped), run(plain, inputs), rtol=1e-5, atol=1e-5)
+    grown = perturbed(grown, seed=1)
+    base = run(grown, inputs)
+    assert (run(grown, swapped) - base).abs().amax() > 1e-3
+    padded = dict(inputs, text_tokens=inputs["text_tokens"] + 5.0 * (~inputs["text_mask"])[..., None])
+    torch.testing.assert_close(run(grown, padded), base, rtol=1e-5, atol=1e-5)
+    assert_drop_is_per_sample(grown, inputs, "text_drop")
+    grown.train()
+    kw = dict(inputs)
+    x, t = kw.pop("x"), kw.pop("t")
+    grown(x, t, **kw).square().mean().backward()
+    assert grown.text_adapter_pos.grad.abs().sum() > 0 and grown.text_adapter[0].attn.to_q.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="text_source"):
+        DecoderConfig(**dict(TINY_DECODER, text_source="own", text_adapter_layers=1))
+
+
 @pytest.mark.parametrize("norm, patch_size", [("layer", 1), ("group", 2), ("layer", 2)])
 def test_decoder_norm_and_patch_options(norm, patch_size):
     config = from_dict(DecoderConfig, dict(TINY_DECODER, norm=norm, patch_size=patch_size, image_size=32))
