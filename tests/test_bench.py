@@ -162,7 +162,7 @@ def test_peers_match_cascades_parameter_counts_at_the_shipped_sizes():
     try:
         for role, spec in specs.items():
             runner = bench.cascade_runner(role, spec["network"], spec["class"], 1)
-            n = bench.count(runner.module)
+            n = bench.peer_target(runner.module)
             for peer, tolerance in (("diffusers", 0.01), ("dalle2", 0.10)):
                 reply = client.ask(cmd="build", key=f"{role}-{peer}", peer=peer, kind=bench.KIND[role],
                                    config=spec["network"], batch=1, target=n, trial=False)
