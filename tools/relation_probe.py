@@ -19,10 +19,10 @@ import argparse
 import torch
 
 from cascade.data import caption, judge
+from cascade.data.shapeworld import MIRRORED_RELATION
 from cascade.eval.judging import SPLITS, mix_seed, quantize, shapeworld_items
 from cascade.pipeline import CascadePipeline
 
-MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 OUTCOMES = ("right", "mirrored", "other axis", "count != 2")
 
 
@@ -33,13 +33,13 @@ def outcome(image, scene) -> str:
         return "count != 2"
     if reading.relation == scene.relation:
         return "right"
-    return "mirrored" if reading.relation == MIRROR[scene.relation] else "other axis"
+    return "mirrored" if reading.relation == MIRRORED_RELATION[scene.relation] else "other axis"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model folder (default: the shipped model)")
-    ap.add_argument("--n", type=int, default=100, help="two-object captions (at most the suite's 100 of n 300)")
+    ap.add_argument("--n", type=int, default=100, help="two-object captions (the first N of the suite's two_object split)")
     ap.add_argument("--condition", choices=("both", "text", "image"), default="both")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=25)

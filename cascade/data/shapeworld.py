@@ -30,7 +30,7 @@ from PIL import Image
 
 __all__ = [
     "BACKGROUNDS", "COLOURS", "SHAPES", "SIZES", "POSITIONS", "POSITION_PHRASES", "RELATIONS",
-    "RELATION_PHRASES", "HELD_OUT", "JITTER", "STAR_INNER_RATIO", "TEMPLATES", "N_TEMPLATES",
+    "RELATION_PHRASES", "MIRRORED_RELATION", "HELD_OUT", "JITTER", "STAR_INNER_RATIO", "TEMPLATES", "N_TEMPLATES",
     "Obj", "Scene", "position_name", "is_held_out", "scene_has_held_out", "scene_problems",
     "caption", "paraphrases", "parse_caption", "sample_scene", "sample_scenes", "scene_at",
     "held_out_scenes", "edit_scene", "editable_attributes", "EDITABLE", "render", "render_array",
@@ -56,6 +56,7 @@ POSITION_PHRASES: dict[str, str] = {
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 RELATION_PHRASES: dict[str, str] = {
     "left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+MIRRORED_RELATION: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 RELATION_AXIS = {"left of": (-1.0, 0.0), "right of": (1.0, 0.0), "above": (0.0, -1.0),
                  "below": (0.0, 1.0)}   # direction from the second object to the first (y down)
 HELD_OUT: frozenset[tuple[str, str]] = frozenset(
@@ -411,10 +412,9 @@ def edit_scene(scene: Scene, rng: np.random.Generator | int, attribute: str | No
     if attribute == "background":
         return replace(scene, background=_pick(rng, tuple(b for b in BACKGROUNDS if b != scene.background)))
     if attribute == "relation":
-        flip = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
         dx, _ = RELATION_AXIS[scene.relation]
         objs = tuple(replace(o, x=1 - o.x) if dx else replace(o, y=1 - o.y) for o in scene.objects)
-        return replace(scene, objects=objs, relation=flip[scene.relation])
+        return replace(scene, objects=objs, relation=MIRRORED_RELATION[scene.relation])
     k = int(rng.integers(len(scene.objects)))
     o = scene.objects[k]
     if attribute == "position":
