@@ -1,10 +1,12 @@
 """tools/relation_probe.py: its reading of a two-object image against the caption's relation."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from cascade.data.shapeworld import Obj, Scene, render
 
@@ -34,3 +36,23 @@ def test_outcomes_of_true_mirrored_and_wrong_renders(probe):
     assert probe.outcome(render(one, 64), scene) == "count != 2"
     # the same image read against the caption that says it the other way round ("B right of A") is right too
     assert probe.outcome(render(scene, 64), Scene("white", (b, a), "right of")) == "right"
+
+
+def test_order_gap_pairs_noise_and_sees_only_the_text(probe, micro_pipe):
+    from cascade.data.shapeworld import sample_scenes
+
+    scenes = sample_scenes(4, 0, n_objects=2)
+    assert [probe.mirrored(probe.mirrored(s)) for s in scenes] == scenes
+    assert all(probe.mirrored(s).relation != s.relation for s in scenes)
+    # text dropped: both captions give the same loss on the same noise and t, so the gap is exactly 0
+    assert probe.order_gap(micro_pipe, scenes, "image", (0.7, 1.0), reps=1) == (0.0, 0.0, 0.0)
+    # text kept: a decoder that sees its tokens gets a different loss for the mirrored caption (the
+    # micro decoder's zero-initialised output layers, text adapter and cross-attention filled with noise)
+    pipe = copy.deepcopy(micro_pipe)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for w in pipe.stages["decoder"].network.parameters():
+            if not w.any():
+                w.copy_(0.05 * torch.randn(w.shape, generator=g))
+    mean, err, positive = probe.order_gap(pipe, scenes, "text", (0.7, 1.0), reps=2)
+    assert mean != 0.0 and err > 0.0 and 0.0 <= positive <= 1.0
