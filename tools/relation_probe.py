@@ -56,9 +56,9 @@ def mirrored(scene: Scene) -> Scene:
 def order_gap(pipe: CascadePipeline, scenes: list[Scene], condition: str, t_range: tuple[float, float], *,
               reps: int = 3, seed: int = 0) -> tuple[float, float, float]:
     """Mean and standard error of (decoder loss with the mirrored caption − with the true caption) on
-    true 64 px renders of `scenes` noised to t ~ U[t_range) · T, and the share of positive gaps. The
-    decoder gets the true render's CLIP image embedding unless `condition` is "text" (dropped);
-    under "image" the text is dropped, so the gap is exactly 0."""
+    true renders of `scenes` (at the decoder's resolution) noised to t ~ U[t_range) · T, and the share
+    of positive gaps. The decoder gets the true render's CLIP image embedding unless `condition` is
+    "text" (dropped); under "image" the text is dropped, so the gap is exactly 0."""
     decoder = pipe.stages["decoder"]
     n, T = len(scenes), decoder.schedule.num_timesteps
     x0 = render_tensor(scenes, decoder.config.resolution)
