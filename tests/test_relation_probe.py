@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cascade.data import judge
 from cascade.data.shapeworld import Obj, Scene, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +31,13 @@ def test_outcomes_of_true_mirrored_and_wrong_renders(probe):
     stacked = Scene("white", (Obj("circle", "red", "small", 0.5, 0.3), Obj("square", "blue", "small", 0.5, 0.7)),
                     "above")
     one = Scene("white", (a,))
-    assert probe.outcome(render(scene, 64), scene) == "right"
-    assert probe.outcome(render(mirrored, 64), scene) == "mirrored"
-    assert probe.outcome(render(stacked, 64), scene) == "other axis"
-    assert probe.outcome(render(one, 64), scene) == "count != 2"
+    assert probe.outcome(judge(render(scene, 64), scene), scene) == "right"
+    assert probe.outcome(judge(render(mirrored, 64), scene), scene) == "mirrored"
+    assert probe.outcome(judge(render(stacked, 64), scene), scene) == "other axis"
+    assert probe.outcome(judge(render(one, 64), scene), scene) == "count != 2"
+    flipped = Scene("white", (b, a), "right of")
     # the same image read against the caption that says it the other way round ("B right of A") is right too
-    assert probe.outcome(render(scene, 64), Scene("white", (b, a), "right of")) == "right"
+    assert probe.outcome(judge(render(scene, 64), flipped), flipped) == "right"
 
 
 def test_order_gap_pairs_noise_and_sees_only_the_text(probe, micro_pipe):

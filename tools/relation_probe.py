@@ -28,18 +28,19 @@ from dataclasses import replace
 
 import torch
 
-from cascade.data import caption, judge, score
+from cascade.data import Reading, caption, judge, score
 from cascade.data.shapeworld import MIRRORED_RELATION, Scene, sample_scenes
 from cascade.eval.judging import SPLITS, mix_seed, quantize, render_tensor, shapeworld_items
 from cascade.pipeline import CascadePipeline
 
 OUTCOMES = ("right", "mirrored", "other axis", "count != 2")
 T_RANGES = ((0.7, 1.0), (0.4, 0.7), (0.0, 0.4))  # fractions of the schedule: where the layout is decided first
+GAP_REPS = 3  # noise and t draws per scene and range
 
 
-def outcome(image, scene) -> str:
-    """One of OUTCOMES for a generated image of a two-object scene."""
-    reading = judge(image, scene)  # objects ordered as the scene's
+def outcome(reading: Reading, scene: Scene) -> str:
+    """One of OUTCOMES for the judge's reading of an image of a two-object scene (`judge(image, scene)`:
+    its objects ordered as the scene's)."""
     if reading.count != 2:
         return "count != 2"
     if reading.relation == scene.relation:
@@ -54,7 +55,7 @@ def mirrored(scene: Scene) -> Scene:
 
 @torch.inference_mode()
 def order_gap(pipe: CascadePipeline, scenes: list[Scene], condition: str, t_range: tuple[float, float], *,
-              reps: int = 3, seed: int = 0) -> tuple[float, float, float]:
+              reps: int = GAP_REPS, seed: int = 0) -> tuple[float, float, float]:
     """Mean and standard error of (decoder loss with the mirrored caption − with the true caption) on
     true renders of `scenes` (at the decoder's resolution) noised to t ~ U[t_range) · T, and the share
     of positive gaps. The decoder gets the true render's CLIP image embedding unless `condition` is
@@ -93,7 +94,7 @@ def main() -> None:
         for lo, hi in T_RANGES:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled="decoder" in pipe.bf16):
                 mean, err, positive = order_gap(pipe, scenes, args.condition, (lo, hi), seed=args.seed)
-            print(f"condition {args.condition}, t in [{lo}, {hi}) T, {len(scenes)} scenes x 3: "
+            print(f"condition {args.condition}, t in [{lo}, {hi}) T, {len(scenes)} scenes x {GAP_REPS}: "
                   f"mirrored − true loss {mean:+.5f} ± {err:.5f} (positive in {positive:.0%})")
         return
     if args.condition != "both":
@@ -114,8 +115,9 @@ def main() -> None:
         out = pipe([caption(s) for s in chunk], 1, seed=mix_seed(args.seed, "relation-probe", b), final_size=64,
                    return_intermediates=True)
         for image, scene in zip(quantize(out.stages["decoder"].cpu()), chunk):
-            counts[outcome(image, scene)] += 1
-            full += score(judge(image), scene)["full"]
+            reading = judge(image, scene)
+            counts[outcome(reading, scene)] += 1
+            full += score(reading, scene)["full"]
     print(f"condition {args.condition}, {len(scenes)} two-object captions: "
           + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; full match {full}")
 
