@@ -3,6 +3,7 @@ bookkeeping with a perfect generator, the suites end to end on the micro model, 
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,6 +179,9 @@ def test_perfect_generator_scores_100(micro_pipe, tmp_path):
             assert v["full"] == 1.0, (size, split, v)
         assert data["variations"]["sizes"][size]["accuracy"]["all"]["full"] == 1.0
     assert data["judge"]["64"]["cmmd_biased"] >= 0
+    items = data["judge"]["64"]["items"]             # per prompt, in order, for paired comparisons
+    assert items["full"] == [1] * 7 and sorted(items["split"]) == sorted(
+        split for split, v in data["split"].items() for _ in range(v["n"]))
     assert data["split"]["single_held_out"]["n"] == 2
     assert len(result.samples) == 7             # up to 4 per split
     paths = write_report(tmp_path, result, backend="pillow")
@@ -376,3 +380,35 @@ def test_twin_accuracy_counts_each_attribute_where_it_applies(micro_pipe):
         "relation": n_two}
     assert all(0 <= v["accuracy"] <= 1 for v in out.values())
     assert twin_accuracy(micro_pipe.clip, scenes, seed=0, batch_size=4) == out
+
+
+def test_paired_comparison_of_two_reports(tmp_path, capsys):
+    """tools/paired.py: discordant counts, McNemar's exact p and the paired interval; refuses other prompts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paired", Path(__file__).resolve().parents[1] / "tools" / "paired.py")
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    assert paired.mcnemar_p(0, 0) == 1.0
+    assert paired.mcnemar_p(0, 6) == pytest.approx(2 / 64)        # 6 discordant pairs, all one way
+    assert paired.mcnemar_p(3, 3) == 1.0
+    r = paired.paired([1, 1, 0, 0, 1, 0], [1, 0, 1, 1, 1, 0])
+    assert (r["base_only"], r["other_only"], r["n"]) == (1, 2, 6)
+    assert r["difference"] == pytest.approx(1 / 6) and r["interval"][0] < 1 / 6 < r["interval"][1]
+    with pytest.raises(ValueError, match="same non-zero length"):
+        paired.paired([1], [1, 0])
+
+    def report(full, seed=0):
+        splits = ["single_in"] * 3 + ["two_object"] * 2
+        return {"suite": "shapeworld", "seed": seed, "n": 5, "batch_size": 2,
+                "judge": {"64": {"items": {"split": splits, "full": full}}}}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(report([1, 1, 1, 0, 0])))
+    b.write_text(json.dumps(report([1, 1, 1, 1, 1])))
+    assert paired.main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "two_object" in out and "+100.0%" in out and "60.0%" in out and "100.0%" in out
+    b.write_text(json.dumps(report([1, 1, 1, 1, 1], seed=1)))
+    with pytest.raises(SystemExit, match="different prompts: seed"):
+        paired.main([str(a), str(b)])

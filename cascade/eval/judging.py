@@ -272,7 +272,10 @@ def summarise(stats: Mapping[int, SizeStats], refs: Optional[References]) -> dic
     out = {}
     for size in sorted(stats):
         st = stats[size]
-        entry: dict[str, Any] = {"accuracy": accuracy_by_split(st.scores)}
+        entry: dict[str, Any] = {"accuracy": accuracy_by_split(st.scores),
+                                 # per prompt, in evaluation order: for paired comparisons (tools/paired.py)
+                                 "items": {"split": [sp for sp, _ in st.scores],
+                                           "full": [int(sc["full"]) for _, sc in st.scores]}}
         feats = st.feature_matrix()
         if refs is not None and feats is not None:
             text, true = refs.text_features(), refs.image_features(size)
