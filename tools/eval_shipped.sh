@@ -4,7 +4,8 @@
 #   tools/eval_shipped.sh [OUT]        (default docs/eval; MODEL=DIR evaluates another model)
 #
 # Every run is seeded (seed 0), so a rerun on the same weights writes the same numbers (the
-# wall times differ). About 60 minutes on a 2-core CPU with native bf16 (AVX-512 bf16); parts can be run
+# wall times differ). About 75 minutes on a 2-core CPU with native bf16 (AVX-512 bf16; main alone takes
+# 37, its decoder drawing 4 candidates); parts can be run
 # alone: PARTS="main size-1024" tools/eval_shipped.sh
 set -euo pipefail
 out=${1:-docs/eval}
