@@ -258,7 +258,8 @@ METHOD = [
     "## How the peers are configured", "",
     "Every peer network is built at cascade's size in the same run (`cascade/bench_worker.py`), fed inputs of "
     "cascade's shapes and the batch one image is made with: the model's candidates × 2 guidance halves for the prior "
-    "and the decoder (the shipped model: 2 × 2 = 4 each; its decoder drew 1 candidate until session 11), 1 for SR. "
+    "and the decoder (the shipped model: prior 2 × 2 = 4, decoder 4 × 2 = 8; its decoder drew 2 candidates in "
+    "session 11, 1 before), 1 for SR. "
     "cascade's UNets pixel-unshuffle their input by the config's `patch_size`; the peers cannot, so they get "
     "the unshuffled input (and shuffle their output back) inside the timed call, and run at the same internal "
     "resolution with the same input/output channels.", "",
