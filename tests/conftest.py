@@ -1,5 +1,6 @@
-"""Shared fixtures: a randomly initialised micro cascade, built once per session."""
+"""Shared fixtures: a randomly initialised micro cascade, built once per session, and the scripts in tools/."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs" / "micro.toml"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tools():
+    """`tools(name)`: the script tools/NAME.py loaded as a module (tools/ is not a package)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

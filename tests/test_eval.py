@@ -3,7 +3,6 @@ bookkeeping with a perfect generator, the suites end to end on the micro model, 
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -382,13 +381,9 @@ def test_twin_accuracy_counts_each_attribute_where_it_applies(micro_pipe):
     assert twin_accuracy(micro_pipe.clip, scenes, seed=0, batch_size=4) == out
 
 
-def test_paired_comparison_of_two_reports(tmp_path, capsys):
+def test_paired_comparison_of_two_reports(tmp_path, capsys, tools):
     """tools/paired.py: discordant counts, McNemar's exact p and the paired interval; refuses other prompts."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("paired", Path(__file__).resolve().parents[1] / "tools" / "paired.py")
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
+    paired = tools("paired")
     assert paired.mcnemar_p(0, 0) == 1.0
     assert paired.mcnemar_p(0, 6) == pytest.approx(2 / 64)        # 6 discordant pairs, all one way
     assert paired.mcnemar_p(3, 3) == 1.0

@@ -1,7 +1,6 @@
 """tools/grow_stage.py: a trained stage given zero-initialised additions keeps its function."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MICRO = (ROOT / "configs" / "micro.toml").read_text()
 
 
-def grow_tool():
-    spec = importlib.util.spec_from_file_location("grow_stage", ROOT / "tools" / "grow_stage.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def config_with(tmp_path: Path, old: str, new: str) -> Path:
     assert old in MICRO
     path = tmp_path / "grown.toml"
@@ -27,8 +19,8 @@ def config_with(tmp_path: Path, old: str, new: str) -> Path:
     return path
 
 
-def test_grown_decoder_computes_what_the_trained_one_did(micro_dir, tmp_path):
-    tool = grow_tool()
+def test_grown_decoder_computes_what_the_trained_one_did(micro_dir, tmp_path, tools):
+    tool = tools("grow_stage")
     old = load_stage(micro_dir / "decoder", "decoder")
     with torch.no_grad():  # a "trained" decoder: no zero layers left to hide a difference
         for p in old.network.parameters():
@@ -49,7 +41,7 @@ def test_grown_decoder_computes_what_the_trained_one_did(micro_dir, tmp_path):
     assert load_stage(model / "decoder", "decoder").network.config.text_adapter_layers == 0  # the source is untouched
 
 
-def test_grow_refuses_a_reshaped_network(micro_dir, tmp_path, capsys):
+def test_grow_refuses_a_reshaped_network(micro_dir, tmp_path, capsys, tools):
     toml = config_with(tmp_path, "model_channels = 32\nchannel_mult = [1, 2]", "model_channels = 64\nchannel_mult = [1, 2]")
-    assert grow_tool().main([str(micro_dir), "decoder", "--config", str(toml), "--out", str(tmp_path / "grown")]) == 1
+    assert tools("grow_stage").main([str(micro_dir), "decoder", "--config", str(toml), "--out", str(tmp_path / "grown")]) == 1
     assert "reshaped" in capsys.readouterr().err and not (tmp_path / "grown").exists()

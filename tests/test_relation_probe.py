@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,15 +9,10 @@ import torch
 from cascade.data import judge
 from cascade.data.shapeworld import Obj, Scene, render
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("relation_probe", ROOT / "tools" / "relation_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def probe(tools):
+    return tools("relation_probe")
 
 
 def test_outcomes_of_true_mirrored_and_wrong_renders(probe):
