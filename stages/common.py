@@ -98,9 +98,12 @@ class ChannelLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """`weight` and `bias` (C,) replace the module's own affine when given."""
         x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        x = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        weight = self.weight if weight is None else weight
+        bias = self.bias if bias is None else bias
+        x = F.layer_norm(x, x.shape[-1:], weight, bias, self.eps)
         return x.permute(0, 3, 1, 2)
 
 

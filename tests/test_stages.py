@@ -290,6 +290,25 @@ def test_superres_layer_norm_and_patches_on_crops():
         sr(torch.randn(1, 3, 8, 8), torch.tensor([5.0]), lowres=torch.randn(1, 3, 4, 4))
 
 
+@pytest.mark.parametrize("norm, batch", [("layer", 1), ("layer", 2), ("group", 1)])
+def test_unet_inference_path_equals_the_training_path(norm, batch):
+    """Without autograd the ResBlocks work in place and fold the scale-shift into the norm; the
+    result must be the autograd path's (fp32 exactly up to rounding; bf16 within its precision)."""
+    sr = perturbed(SuperRes(from_dict(SuperResConfig, dict(TINY_UNET, norm=norm, patch_size=2)))).eval()
+    sr = sr.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    lowres, t, aug = torch.randn_like(x), torch.tensor([30.0, 700.0][:batch]), torch.tensor([0.0, 0.2][:batch])
+    for bf16 in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.enable_grad():
+                slow = sr(x, t, lowres=lowres, aug_level=aug)
+            with torch.inference_mode():
+                fast = sr(x, t, lowres=lowres, aug_level=aug)
+        assert slow.requires_grad and not fast.requires_grad
+        tol = 2e-2 * slow.abs().amax().item() if bf16 else 1e-5
+        torch.testing.assert_close(fast.float(), slow.detach().float(), rtol=0, atol=tol)
+
+
 def test_karlo_style_superres_has_no_aug_embedding():
     config = from_dict(SuperResConfig, dict(TINY_UNET, scale_shift_norm=False, aug_level_conditioning=False))
     sr = perturbed(SuperRes(config))
