@@ -151,7 +151,7 @@ def cmd_vary(args: argparse.Namespace) -> None:
 
     image = load_image(args.image)  # a clear error before the model loads
     pipe = _load(args)
-    images = pipe.variations(image, args.n, **_sampling_kwargs(args))
+    images = pipe.variations(image, args.n, eta=args.eta, **_sampling_kwargs(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images):
@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("-n", type=int, default=4)
     p.add_argument("--out", default="variations")
+    p.add_argument("--eta", type=float, default=None,
+                   help="vary the image's DDIM-inverted x_T by this DDIM η (DALL·E 2 §3.1; 0 redraws the image) "
+                        "instead of decoding its CLIP embedding from fresh noise")
     _sampling_args(p)
     p.set_defaults(func=cmd_vary)
 

@@ -16,12 +16,17 @@ from .checkpoint import INDEX_NAME, CheckpointError, check_format, index_data, l
     write_json
 from .degrade import lowres_condition
 from .hardware import native_bf16
-from .images import load_image, tensor_to_pil
+from .images import load_image, pil_to_tensor, tensor_to_pil
 from .model_config import ModelConfig, load_model_config
 from .stage import ROLES, SamplingConfig, Stage, check_sampling
 
 SIZES = {64: "decoder", 256: "sr256", 1024: "sr1024"}
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "shapes"
+# Variations' default: None = from fresh noise (z_i alone). The bipartite (z_i, x_T) path (a number: DDIM's
+# η from the inverted image, DALL·E 2 §3.1) judged worse on the shipped model: all sources 74% at η = 0.5
+# against 78% from fresh noise (session 13, docs/eval/README.md), so it is an option, not the default.
+VARIATION_ETA: Optional[float] = None
+INVERSION_STEPS = 200  # DDIM inversion's grid (the ODE backwards needs finer steps than forwards; Stage.invert)
 
 
 @dataclass
@@ -329,20 +334,22 @@ class CascadePipeline:
         return _closest(z, z, text.embed.float())
 
     def _decode(self, image_embed: Tensor, text, text_drop: Tensor, options: Mapping[str, SamplingConfig],
-                final_role: str, generator: torch.Generator, shared_noise: bool = False) -> dict[str, Tensor]:
-        """Decoder then super-resolution up to `final_role`; returns every stage's output."""
+                final_role: str, generator: torch.Generator, shared_noise: bool = False,
+                noise: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Decoder then super-resolution up to `final_role`; returns every stage's output. `noise`:
+        the decoder's x_T (B, 3, res, res), e.g. an inverted image's, instead of fresh noise."""
         B = image_embed.shape[0]
         dec = self.stages["decoder"]
         res = dec.config.resolution
         cond = self._decoder_cond(image_embed, text, torch.zeros(B, dtype=torch.bool), text_drop)
         uncond = self._decoder_cond(image_embed, text, torch.ones(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool))
-        noise = None
         if shared_noise:
             noise = torch.randn((1, 3, res, res), generator=generator).expand(B, -1, -1, -1).contiguous()
         if shared_noise or options["decoder"].candidates == 1:
             x = self._run_stage("decoder", (B, 3, res, res), cond, uncond, options["decoder"], generator, noise)
         else:
-            x = self._best_of_candidates(cond, uncond, text, text_drop, image_embed, options["decoder"], generator)
+            x = self._best_of_candidates(cond, uncond, text, text_drop, image_embed, options["decoder"], generator,
+                                         noise)
         x = x.clamp(-1, 1)
         outputs = {"decoder": x}
         for role in ("sr256", "sr1024"):
@@ -361,14 +368,18 @@ class CascadePipeline:
         return outputs
 
     def _best_of_candidates(self, cond: Mapping[str, Any], uncond: Mapping[str, Any], text, text_drop: Tensor,
-                            image_embed: Tensor, sampling: SamplingConfig, generator: torch.Generator) -> Tensor:
+                            image_embed: Tensor, sampling: SamplingConfig, generator: torch.Generator,
+                            noise: Optional[Tensor] = None) -> Tensor:
         """Decode `candidates` images per condition and keep, for each, the one whose CLIP image
-        embedding is closest to its text embedding (to `image_embed` where the text is dropped)."""
+        embedding is closest to its text embedding (to `image_embed` where the text is dropped).
+        `noise` (B, ...): each condition's x_T, shared by its candidates."""
         k = sampling.candidates
         B = image_embed.shape[0]
         res = self.stages["decoder"].config.resolution
+        if noise is not None:
+            noise = noise.repeat_interleave(k, dim=0)
         x = self._run_stage("decoder", (B * k, 3, res, res), _repeat_each(cond, k), _repeat_each(uncond, k),
-                            sampling, generator)
+                            sampling, generator, noise)
         z = self.clip.encode_image(x.clamp(-1, 1)).float().view(B, k, -1)
         target = torch.where(text_drop.view(B, 1).to(z.device), image_embed.float(), text.embed.float())
         return _closest(x.view(B, k, *x.shape[1:]), z, target)
@@ -424,20 +435,58 @@ class CascadePipeline:
             return self.clip.encode_image(pil).float()
 
     @torch.inference_mode()
-    def variations(self, image: str | Path | Image.Image, n: int = 4, *, generator: Optional[torch.Generator] = None,
+    def variations(self, image: str | Path | Image.Image, n: int = 4, *, eta: Optional[float] = VARIATION_ETA,
+                   generator: Optional[torch.Generator] = None,
                    seed: Optional[int] = None, steps: Any = None, guidance: Any = None, sampler: Any = None,
                    stage_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
                    final_size: Optional[int] = None, return_intermediates: bool = False):
-        """n new images that keep the content of `image` (decoded from its CLIP image embedding;
-        with decoder candidates, each the one closest to that embedding)."""
+        """n new images that keep the content of `image`, decoded from its CLIP image embedding z_i
+        (with decoder candidates, each the one closest to z_i).
+
+        `eta=None` (the default): from fresh noise with the decoder's own sampler. A number: from
+        DALL·E 2's bipartite representation (z_i, x_T) (§3.1): the image is also inverted with DDIM
+        (on a 200-step grid) to the decoder's x_T, and each variation is drawn by DDIM from that x_T
+        with this η: 0 redraws the image itself (unguided: mean error 5 / 255 on ShapeWorld renders,
+        though a render is now and then redrawn as other objects), larger values vary it more."""
         n = self._check_count(n, "n")
-        options = self._sampling(steps, guidance, sampler, stage_options)
+        options = self._variation_sampling(eta, steps, guidance, sampler, stage_options)
         final_role = self._final_role(final_size)
-        image_embed = self.encode_images(image).repeat(n, 1)
+        source = load_image(image)
+        image_embed = self.encode_images(source)
         g = self._generator(generator, seed)
+        noise = None if eta is None else self._invert([source], image_embed, options["decoder"]).expand(n, -1, -1, -1)
+        image_embed = image_embed.repeat(n, 1)
         text, drop = self._empty_text(n)
-        outputs = self._decode(image_embed, text, drop, options, final_role, g)
+        outputs = self._decode(image_embed, text, drop, options, final_role, g, noise=noise)
         return self._finish(outputs, final_role, return_intermediates, None, image_embed)
+
+    def _variation_sampling(self, eta: Optional[float], steps: Any, guidance: Any, sampler: Any,
+                            stage_options: Optional[Mapping[str, Mapping[str, Any]]] = None) -> dict[str, SamplingConfig]:
+        """Each stage's sampling for variations: with `eta`, the decoder samples by DDIM at that η."""
+        if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0):
+            raise ValueError(f"eta must be a number at least 0 (or None: fresh noise), got {eta!r}")
+        options = self._sampling(steps, guidance, sampler, stage_options)
+        if eta is not None:
+            asked = sampler if isinstance(sampler, str) else (sampler or {}).get("decoder")
+            if asked is not None and asked != "ddim":
+                raise ValueError(f"variations with eta (from the inverted image's x_T) sample the decoder with ddim, "
+                                 f"not {asked}; pass eta=None to use another sampler")
+            options["decoder"] = dataclasses.replace(options["decoder"], sampler="ddim", eta=float(eta))
+        return options
+
+    def _invert(self, images: Sequence[Image.Image], image_embed: Tensor, sampling: SamplingConfig) -> Tensor:
+        """The decoder's x_T (B, 3, res, res) of each image for the condition (its z_i, no text): DDIM inversion."""
+        dec = self.stages["decoder"]
+        x0 = torch.stack([pil_to_tensor(im, dec.config.resolution) for im in images])
+        if self.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        B = len(images)
+        text, drop = self._empty_text(B)
+        cond = self._decoder_cond(image_embed, text, torch.zeros(B, dtype=torch.bool), drop)
+        uncond = self._decoder_cond(image_embed, text, torch.ones(B, dtype=torch.bool), drop)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled="decoder" in self.bf16):
+            return dec.invert(x0.to(self.device), cond, uncond, sampling=sampling,
+                              steps=max(INVERSION_STEPS, sampling.steps), progress=self.progress).float().cpu()
 
     def _embedding_of(self, item: str | Path | Image.Image, options, g: torch.Generator) -> Tensor:
         """An image's CLIP embedding, or for text (a str that is not an existing file) the prior's."""

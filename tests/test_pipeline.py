@@ -265,6 +265,22 @@ def test_variations(micro_pipe, tmp_path):
         micro_pipe.variations(tmp_path / "bad.png")
 
 
+def test_variations_from_the_inverted_image(micro_pipe):
+    """eta: DALL·E 2's bipartite (z_i, x_T) variations: DDIM from the image's inverted x_T. η = 0 is
+    deterministic (every variation alike, the same for any seed); η > 0 varies; bad requests are refused."""
+    src = _image("RGB", (64, 64))
+    a = micro_pipe.variations(src, 2, seed=1, final_size=64, eta=0.0, return_intermediates=True)
+    b = micro_pipe.variations(src, 1, seed=9, final_size=64, eta=0.0, return_intermediates=True)
+    torch.testing.assert_close(a.stages["decoder"][0], a.stages["decoder"][1])
+    torch.testing.assert_close(a.stages["decoder"][:1], b.stages["decoder"], rtol=0, atol=1e-4)
+    c = micro_pipe.variations(src, 2, seed=1, final_size=64, eta=1.0, return_intermediates=True)
+    assert (c.stages["decoder"][0] - c.stages["decoder"][1]).abs().amax() > 1e-3
+    with pytest.raises(ValueError, match="eta"):
+        micro_pipe.variations(src, 1, eta=-0.5)
+    with pytest.raises(ValueError, match="ddim"):
+        micro_pipe.variations(src, 1, eta=0.5, sampler={"decoder": "ddpm"})
+
+
 def test_interpolation_endpoints_and_shared_noise(micro_pipe):
     a, b = _image("RGB", (64, 64)), _image("RGB", (64, 64)).transpose(Image.FLIP_LEFT_RIGHT)
     out = micro_pipe.interpolate(a, b, 5, seed=2, final_size=64, return_intermediates=True)

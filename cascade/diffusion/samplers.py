@@ -75,6 +75,31 @@ def sample_ddim(
 
 
 @torch.inference_mode()
+def invert_ddim(
+    denoise: DenoiseFn,
+    schedule: NoiseSchedule,
+    x: Tensor,
+    steps: int,
+    cond: Cond,
+    *,
+    spacing: Spacing = "trailing",
+    progress: bool | str = False,
+) -> Tensor:
+    """DDIM inversion: the deterministic DDIM ODE run backwards, from a clean sample x to the
+    noisiest step of the same `steps` grid (Song et al. 2021 §4.3 "encoding"; DALL·E 2 §3.1's
+    bipartite latent x_T). `sample_ddim` with eta = 0 from the result returns x up to the ODE's
+    discretisation error. x is taken as the grid's least noisy step (its σ is small), as usual;
+    steps − 1 network evaluations."""
+    ts, alpha, sigma = _grid(schedule, steps, spacing, x)
+    for i in _steps_iter(len(ts) - 1, progress, "invert"):
+        j = len(ts) - 1 - i  # from the least noisy step up
+        x0 = _denoise(denoise, x, ts[j], cond)
+        eps = (x - alpha[j] * x0) / sigma[j]
+        x = alpha[j - 1] * x0 + sigma[j - 1] * eps
+    return x
+
+
+@torch.inference_mode()
 def sample_ddpm(
     denoise: DenoiseFn,
     schedule: NoiseSchedule,
@@ -218,6 +243,7 @@ __all__ = [
     "SAMPLERS",
     "get_sampler",
     "initial_noise",
+    "invert_ddim",
     "network_evaluations",
     "sample_ddim",
     "sample_ddpm",

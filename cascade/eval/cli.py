@@ -18,6 +18,20 @@ SWEEPS = ("none", "guidance", "steps")
 SIZES = (64, 256, 1024)
 
 
+
+def _variation_eta(value: str):
+    """--variation-eta: "default", "none" or a number ≥ 0 (checked before any work)."""
+    if value in ("default", "none"):
+        return None if value == "none" else value
+    try:
+        eta = float(value)
+    except ValueError:
+        raise SystemExit(f"cascade eval: --variation-eta must be a number, none or default, got {value!r}") from None
+    if eta < 0:
+        raise SystemExit(f"cascade eval: --variation-eta must be at least 0, got {value}")
+    return eta
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a model (ShapeWorld judge suite, or an image-caption folder)",
@@ -38,6 +52,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--sampler", action="append", metavar="[STAGE=]NAME", help="ddpm, ddim, dpmpp_2m or heun")
     p.add_argument("--candidates", action="append", metavar="[STAGE=]K",
                    help="decoder (bare K) or prior candidates per output, CLIP-reranked (default: the model's)")
+    p.add_argument("--variation-eta", metavar="ETA|none", default="default",
+                   help="DDIM η of variations from the inverted source (default: the pipeline's); none: fresh noise")
     p.add_argument("--sweep", default="none", help="none (default), guidance (decoder) or steps (per sampler and stage)")
     p.add_argument("--sweep-values", metavar="V,V,...", help="guidance scales (default 1,2,3,5,8) or steps (5,10,25,50)")
     p.add_argument("--sweep-n", type=int, help="prompts per sweep point (default min(n, 50))")
@@ -196,7 +212,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         result = shapeworld_suite(pipe, sweep=args.sweep, sweep_values=sweep_values or None, sweep_n=args.sweep_n,
                                   sweep_samplers=_list(args.sweep_samplers, str, "sweep-samplers"),
-                                  sweep_stages=_list(args.sweep_stages, str, "sweep-stages"), parts=parts, **common)
+                                  sweep_stages=_list(args.sweep_stages, str, "sweep-stages"), parts=parts,
+                                  variation_eta=_variation_eta(args.variation_eta), **common)
     paths = write_report(args.out, result)
     if not args.quiet:
         print(f"{_headline(result.data)} [{time.time() - start:.0f} s]")

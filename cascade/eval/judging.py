@@ -129,20 +129,24 @@ def oracle_generator(sizes: Sequence[int] = (64,)) -> Generate:
 
 
 def pipeline_varier(pipe: Any, *, size: Optional[int] = None, steps: Any = None, guidance: Any = None,
-                    sampler: Any = None) -> Vary:
+                    sampler: Any = None, eta: Any = "default") -> Vary:
     """Variations as `CascadePipeline.variations` makes them (decode the CLIP image embedding of
-    each source image, no text), one per source image, batched."""
+    each source image, no text; with `eta`, from its DDIM-inverted x_T), one per source image, batched."""
     from ..images import tensor_to_pil
+    from ..pipeline import VARIATION_ETA
 
-    options = pipe._sampling(steps, guidance, sampler)
+    eta = VARIATION_ETA if eta == "default" else eta
+    options = pipe._variation_sampling(eta, steps, guidance, sampler)
     final_role = pipe._final_role(size)
 
     @torch.no_grad()
     def vary(images: Tensor, seed: int) -> Images:
         g = torch.Generator().manual_seed(seed)
-        image_embed = pipe.encode_images(tensor_to_pil(images))
+        sources = tensor_to_pil(images)
+        image_embed = pipe.encode_images(sources)
         text, drop = pipe._empty_text(len(images))
-        outputs = pipe._decode(image_embed, text, drop, options, final_role, g)
+        noise = None if eta is None else pipe._invert(sources, image_embed, options["decoder"])
+        outputs = pipe._decode(image_embed, text, drop, options, final_role, g, noise=noise)
         return {pipe.stages[role].config.resolution: quantize(x.cpu()) for role, x in outputs.items()}
 
     return vary

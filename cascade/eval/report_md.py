@@ -82,6 +82,11 @@ def _judge(data: dict) -> list[str]:
 def _variations(v: dict) -> list[str]:
     out = [f"## Variations (n {v['n']}, source renders at {v['source_size']}px)", "",
            "judge(variation of a true render) against the render's scene.", ""]
+    eta = v.get("eta")
+    if isinstance(eta, (int, float)):
+        out += [f"Bipartite variations: DDIM η = {eta} from each source's DDIM-inverted x_T.", ""]
+    elif "eta" in v:
+        out += ["Variations from fresh noise (the CLIP image embedding alone).", ""]
     for size, entry in v["sizes"].items():
         acc = entry["accuracy"]
         attrs = _attrs(acc)

@@ -113,7 +113,8 @@ def shapeworld_suite(pipe: Any = None, *, n: int, seed: int = 0, size: Optional[
                      sweep_samplers: Optional[Sequence[str]] = None, sweep_stages: Optional[Sequence[str]] = None,
                      parts: Sequence[str] = PARTS, batch_size: int = 16, clip: Any = None,
                      generate: Optional[Generate] = None, vary: Optional[Vary] = None,
-                     variations_n: Optional[int] = None, sr_n: Optional[int] = None, retrieval_candidates: int = 32,
+                     variations_n: Optional[int] = None, variation_eta: Any = "default", sr_n: Optional[int] = None,
+                     retrieval_candidates: int = 32,
                      progress: bool = False, model: Optional[str] = None) -> SuiteResult:
     """Run the ShapeWorld suite; every request is checked before any work. Give `pipe` (a
     CascadePipeline), or `generate` (and `vary`) alone to evaluate another generator."""
@@ -139,7 +140,11 @@ def shapeworld_suite(pipe: Any = None, *, n: int, seed: int = 0, size: Optional[
         final = pipe._final_role(size)
         size = pipe.stages[final].config.resolution
         generate = generate or pipeline_generator(pipe, size=size, steps=steps, guidance=guidance, sampler=sampler)
-        vary = vary or pipeline_varier(pipe, size=size, steps=steps, guidance=guidance, sampler=sampler)
+        if vary is None:
+            from ..pipeline import VARIATION_ETA
+
+            variation_eta = VARIATION_ETA if variation_eta == "default" else variation_eta
+            vary = pipeline_varier(pipe, size=size, steps=steps, guidance=guidance, sampler=sampler, eta=variation_eta)
         sr_roles = [r for r in ("sr256", "sr1024") if r in pipe.stages and pipe.stages[r].config.resolution <= size]
     else:
         sr_roles = []
@@ -192,7 +197,7 @@ def shapeworld_suite(pipe: Any = None, *, n: int, seed: int = 0, size: Optional[
             if run["variations"]:
                 with _timed(seconds, "variations"):
                     source = max(64, own_clip.image_size[0]) if own_clip is not None else 64
-                    data["variations"] = {"n": n_var, "source_size": source, "sizes": variation_suite(
+                    data["variations"] = {"n": n_var, "source_size": source, "eta": variation_eta, "sizes": variation_suite(
                         vary, variation_scenes(n_var, seed), seed=seed, batch_size=batch_size, source_size=source,
                         clip=clip, progress=bar)}
             if run["retrieval"]:
