@@ -1,5 +1,6 @@
 """The `cascade` command line, run in-process on the micro model."""
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -75,6 +76,10 @@ def test_vary_and_interpolate(micro_dir, tmp_path, capsys):
                        "--quiet", "--steps", "2")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["0000.png", "0001.png", "grid.png"]
+    code, _, err = run(capsys, "vary", src, "-n", "2", "--model", micro_dir, "--size", "64", "--out", tmp_path / "w",
+                       "--quiet", "--steps", "2", "--eta", "0")  # from the inverted image: η = 0 draws it alike twice
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "w" / "0000.png")), np.asarray(Image.open(tmp_path / "w" / "0001.png")))
     code, _, err = run(capsys, "interpolate", src, "a blue star", "--frames", "3", "--model", micro_dir, "--size", "64",
                        "--out", tmp_path / "i", "--quiet", "--steps", "2")
     assert code == 0, err

@@ -286,6 +286,8 @@ def test_cli_folder_suite(micro_dir, tmp_path, capsys, monkeypatch):
     (["--steps", "0"], "steps"),
     (["--candidates", "sr256=2"], "super-resolution stages draw one image"),
     (["--candidates", "0"], "candidates must be at least 1"),
+    (["--variation-eta", "-1"], "--variation-eta must be at least 0"),
+    (["--variation-eta", "lots"], "--variation-eta must be a number"),
     (["--inception-weights", "{tmp}/w.pth", "--data", "{tmp}/one"], "not a .safetensors"),
 ])
 def test_cli_bad_input(micro_dir, tmp_path, capsys, args, message):

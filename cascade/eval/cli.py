@@ -26,9 +26,9 @@ def _variation_eta(value: str):
     try:
         eta = float(value)
     except ValueError:
-        raise SystemExit(f"cascade eval: --variation-eta must be a number, none or default, got {value!r}") from None
+        raise ValueError(f"--variation-eta must be a number, none or default, got {value!r}") from None
     if eta < 0:
-        raise SystemExit(f"cascade eval: --variation-eta must be at least 0, got {value}")
+        raise ValueError(f"--variation-eta must be at least 0, got {value}")
     return eta
 
 
@@ -119,6 +119,7 @@ def _check(args: argparse.Namespace) -> tuple[str, Path]:
         raise EvalError(f"--n must be at least 1, got {args.n}")
     if args.batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _variation_eta(args.variation_eta)
     if args.seed < 0:
         raise EvalError(f"--seed must be non-negative, got {args.seed}")
     if args.size is not None and args.size not in SIZES:
