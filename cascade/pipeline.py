@@ -471,7 +471,10 @@ class CascadePipeline:
             if asked is not None and asked != "ddim":
                 raise ValueError(f"variations with eta (from the inverted image's x_T) sample the decoder with ddim, "
                                  f"not {asked}; pass eta=None to use another sampler")
-            options["decoder"] = dataclasses.replace(options["decoder"], sampler="ddim", eta=float(eta))
+            # at η = 0 every candidate is the same deterministic draw from the shared x_T: draw one
+            candidates = options["decoder"].candidates if eta > 0 else 1
+            options["decoder"] = dataclasses.replace(options["decoder"], sampler="ddim", eta=float(eta),
+                                                     candidates=candidates)
         return options
 
     def _invert(self, images: Sequence[Image.Image], image_embed: Tensor, sampling: SamplingConfig) -> Tensor:

@@ -148,7 +148,7 @@ class ResBlock(nn.Module):
         h = self.conv2(self.dropout(F.silu(h, inplace=fast)))
         if self.skip is not None:
             x = self.skip(x)
-        return h.add_(x) if fast and h.dtype == x.dtype and h.shape == x.shape else x + h
+        return h.add_(x) if fast and h.dtype == x.dtype else x + h  # add_ cannot promote a bf16 h
 
 
 def _modulated_norm(norm: nn.Module, h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:

@@ -131,7 +131,8 @@ def oracle_generator(sizes: Sequence[int] = (64,)) -> Generate:
 def pipeline_varier(pipe: Any, *, size: Optional[int] = None, steps: Any = None, guidance: Any = None,
                     sampler: Any = None, eta: Any = "default") -> Vary:
     """Variations as `CascadePipeline.variations` makes them (decode the CLIP image embedding of
-    each source image, no text; with `eta`, from its DDIM-inverted x_T), one per source image, batched."""
+    each source image, no text; with `eta`, from its DDIM-inverted x_T), one per source image, batched.
+    `vary.info` says how ({"eta": η or None}), for the report."""
     from ..images import tensor_to_pil
     from ..pipeline import VARIATION_ETA
 
@@ -149,6 +150,7 @@ def pipeline_varier(pipe: Any, *, size: Optional[int] = None, steps: Any = None,
         outputs = pipe._decode(image_embed, text, drop, options, final_role, g, noise=noise)
         return {pipe.stages[role].config.resolution: quantize(x.cpu()) for role, x in outputs.items()}
 
+    vary.info = {"eta": eta}
     return vary
 
 

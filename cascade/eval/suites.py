@@ -141,9 +141,6 @@ def shapeworld_suite(pipe: Any = None, *, n: int, seed: int = 0, size: Optional[
         size = pipe.stages[final].config.resolution
         generate = generate or pipeline_generator(pipe, size=size, steps=steps, guidance=guidance, sampler=sampler)
         if vary is None:
-            from ..pipeline import VARIATION_ETA
-
-            variation_eta = VARIATION_ETA if variation_eta == "default" else variation_eta
             vary = pipeline_varier(pipe, size=size, steps=steps, guidance=guidance, sampler=sampler, eta=variation_eta)
         sr_roles = [r for r in ("sr256", "sr1024") if r in pipe.stages and pipe.stages[r].config.resolution <= size]
     else:
@@ -197,7 +194,7 @@ def shapeworld_suite(pipe: Any = None, *, n: int, seed: int = 0, size: Optional[
             if run["variations"]:
                 with _timed(seconds, "variations"):
                     source = max(64, own_clip.image_size[0]) if own_clip is not None else 64
-                    data["variations"] = {"n": n_var, "source_size": source, "eta": variation_eta, "sizes": variation_suite(
+                    data["variations"] = {"n": n_var, "source_size": source, **getattr(vary, "info", {}), "sizes": variation_suite(
                         vary, variation_scenes(n_var, seed), seed=seed, batch_size=batch_size, source_size=source,
                         clip=clip, progress=bar)}
             if run["retrieval"]:
