@@ -5,7 +5,8 @@
 #
 # Every run is seeded (seed 0), so a rerun on the same weights writes the same numbers (the
 # wall times differ). About 75 minutes on a 2-core CPU with native bf16 (AVX-512 bf16; main alone takes
-# 37, its decoder drawing 4 candidates); parts can be run
+# 37, its decoder drawing 4 candidates) and budget's two decoder runs on top (6 min at 50 steps alone;
+# the 250-step run took 57 min in session 14 with other jobs on the cores); parts can be run
 # alone: PARTS="main size-1024" tools/eval_shipped.sh
 set -euo pipefail
 out=${1:-docs/eval}
@@ -33,10 +34,14 @@ for part in ${PARTS:-main size-1024 budget steps-decoder steps-prior steps-sr256
     steps-sr1024) cascade eval $model --n 8 --size 1024 --parts super_resolution --sweep steps --sweep-stages sr1024 \
                     --sweep-values 2,4,8 --sweep-samplers ddim,dpmpp_2m --out "$out/steps-sr1024" --quiet ;;
     # the paper-style step budget (decoder DDPM 250, SR-256 27, SR-1024 15 steps) against the defaults: the
-    # judge at 64 px on main's 300 captions (same seed, so compare with main's judge), and each SR stage from
-    # true renders on size-1024's 16 scenes (n 48, of which the SR part takes a third; compare with size-1024's
-    # super-resolution table)
-    budget) cascade eval $model --n 300 --size 64 --parts judge --steps decoder=250 --out "$out/budget-decoder" --quiet
+    # judge at 64 px on main's 300 captions at 250 and at the default 50 decoder steps, both with one decoder
+    # candidate (the steps alone differ; same seed, so the prompts pair up: tools/paired.py), and each SR
+    # stage from true renders on size-1024's 16 scenes (n 48, of which the SR part takes a third; compare
+    # with size-1024's super-resolution table)
+    budget) cascade eval $model --n 300 --size 64 --parts judge --candidates 1 --out "$out/budget-decoder-50" --quiet
+            cascade eval $model --n 300 --size 64 --parts judge --candidates 1 --steps decoder=250 \
+              --out "$out/budget-decoder" --quiet
+            python "$(dirname "$0")/paired.py" "$out/budget-decoder-50/report.json" "$out/budget-decoder/report.json"
             cascade eval $model --n 48 --size 1024 --parts super_resolution --steps sr256=27 --steps sr1024=15 \
               --out "$out/budget-sr" --quiet ;;
     # the folder suite on an image–caption folder written by `cascade shapeworld`
