@@ -1,4 +1,4 @@
-"""The `cascade` command line: generate, vary, interpolate, info, init (and train, eval, bench
+"""The `cascade` command line: generate, vary, interpolate, edit, info, init (and train, eval, bench
 when those parts are installed). Every bad input is a one-line error before any sampling."""
 
 from __future__ import annotations
@@ -175,14 +175,41 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     a, b = _endpoint(args.a), _endpoint(args.b)
     if args.frames < 2:
         raise CliError(f"--frames must be at least 2, got {args.frames}")
+    if args.invert and any(isinstance(x, str) for x in (a, b)):
+        raise CliError("--invert needs two images (a text has no x_T to invert)")
     pipe = _load(args)
-    images = pipe.interpolate(a, b, args.frames, **_sampling_kwargs(args))
+    images = pipe.interpolate(a, b, args.frames, invert=args.invert, **_sampling_kwargs(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images):
         im.save(out / f"{i:04d}.png")
     grid(images).save(out / "strip.png")
     save_gif(images, out / "interpolation.gif")
+    print(out)
+
+
+def _amounts(value: str) -> list[float]:
+    try:
+        amounts = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise CliError(f"--amount must be numbers in [0, 1] separated by commas, got {value!r}") from None
+    if not all(0 <= v <= 1 for v in amounts):
+        raise CliError(f"--amount must be numbers in [0, 1], got {value!r}")
+    return amounts
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    from .images import grid, load_image
+
+    image = load_image(args.image)  # a clear error before the model loads
+    amounts = _amounts(args.amount)
+    pipe = _load(args)
+    images = pipe.text_diff(image, args.from_text, args.to_text, amounts, invert=args.invert, **_sampling_kwargs(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        im.save(out / f"{i:04d}.png")
+    grid(images).save(out / "strip.png")
     print(out)
 
 
@@ -261,8 +288,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", help="an image file or a text")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--out", default="interpolation")
+    p.add_argument("--invert", action="store_true",
+                   help="two images: also move between their DDIM-inverted x_T (DALL·E 2 §3.2), so the end frames "
+                        "redraw the images themselves")
     _sampling_args(p)
     p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("edit", help="edit an image along a text diff (DALL·E 2 §3.3)")
+    p.add_argument("image")
+    p.add_argument("--from", dest="from_text", required=True, metavar="TEXT", help="what the image shows")
+    p.add_argument("--to", dest="to_text", required=True, metavar="TEXT", help="what it should show")
+    p.add_argument("--amount", default="0.25,0.5", metavar="A,A,...",
+                   help="how far towards the diff, each in [0, 1] (one image each; default 0.25,0.5)")
+    p.add_argument("--invert", action="store_true",
+                   help="decode from the image's DDIM-inverted x_T, as the paper does, so the edits keep its layout")
+    p.add_argument("--out", default="edits")
+    _sampling_args(p)
+    p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("info", help="describe a model folder")
     p.add_argument("model_dir", nargs="?", metavar="MODEL", help="model folder (default: the shipped model)")

@@ -27,6 +27,9 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "shapes"
 # against 78% from fresh noise (session 13, docs/eval/README.md), so it is an option, not the default.
 VARIATION_ETA: Optional[float] = None
 INVERSION_STEPS = 200  # DDIM inversion's grid (the ODE backwards needs finer steps than forwards; Stage.invert)
+# The decoder's guidance on paths that start from an inverted x_T, unless asked for: the guided ODE inverts
+# poorly (a two-object render came back mirrored at guidance 3; unguided, as itself: session 14).
+INVERTED_GUIDANCE = 1.0
 
 
 @dataclass
@@ -73,6 +76,16 @@ def slerp(a: Tensor, b: Tensor, frac: Tensor | float) -> Tensor:
     so = torch.sin(omega)
     out = (torch.sin((1 - frac) * omega) / so) * a + (torch.sin(frac * omega) / so) * b
     return torch.nn.functional.normalize(out, dim=-1)
+
+
+def slerp_noise(a: Tensor, b: Tensor, frac: Tensor) -> Tensor:
+    """Per fraction, x_T between two noise tensors a and b (each (1, ...)): the slerp of their
+    directions scaled by the linear blend of their norms (DALL·E 2 §3.2 interpolates inverted x_T)."""
+    fa, fb = a.reshape(1, -1).float(), b.reshape(1, -1).float()
+    frac = frac.reshape(-1, 1).to(fa)
+    norm = (1 - frac) * fa.norm() + frac * fb.norm()
+    out = slerp(fa.expand(len(frac), -1), fb.expand(len(frac), -1), frac) * norm
+    return out.view(len(frac), *a.shape[1:])
 
 
 DEFAULT_BF16 = frozenset({"prior", "decoder", "sr256", "sr1024"})  # stages run under bf16 autocast unless told
@@ -337,13 +350,14 @@ class CascadePipeline:
                 final_role: str, generator: torch.Generator, shared_noise: bool = False,
                 noise: Optional[Tensor] = None) -> dict[str, Tensor]:
         """Decoder then super-resolution up to `final_role`; returns every stage's output. `noise`:
-        the decoder's x_T (B, 3, res, res), e.g. an inverted image's, instead of fresh noise."""
+        the decoder's x_T (B, 3, res, res), e.g. an inverted image's, instead of fresh noise (with
+        `shared_noise`, then only the SR stages share theirs)."""
         B = image_embed.shape[0]
         dec = self.stages["decoder"]
         res = dec.config.resolution
         cond = self._decoder_cond(image_embed, text, torch.zeros(B, dtype=torch.bool), text_drop)
         uncond = self._decoder_cond(image_embed, text, torch.ones(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool))
-        if shared_noise:
+        if shared_noise and noise is None:
             noise = torch.randn((1, 3, res, res), generator=generator).expand(B, -1, -1, -1).contiguous()
         if shared_noise or options["decoder"].candidates == 1:
             x = self._run_stage("decoder", (B, 3, res, res), cond, uncond, options["decoder"], generator, noise)
@@ -446,8 +460,9 @@ class CascadePipeline:
         `eta=None` (the default): from fresh noise with the decoder's own sampler. A number: from
         DALL·E 2's bipartite representation (z_i, x_T) (§3.1): the image is also inverted with DDIM
         (on a 200-step grid) to the decoder's x_T, and each variation is drawn by DDIM from that x_T
-        with this η: 0 redraws the image itself (unguided: mean error 5 / 255 on ShapeWorld renders,
-        though a render is now and then redrawn as other objects), larger values vary it more."""
+        with this η: 0 redraws the image itself, larger values vary it more. This path samples the decoder
+        unguided unless `guidance` says otherwise (INVERTED_GUIDANCE): unguided, an inverted ShapeWorld
+        render comes back to a mean error of 5 / 255; under guidance 3 now and then as other objects."""
         n = self._check_count(n, "n")
         options = self._variation_sampling(eta, steps, guidance, sampler, stage_options)
         final_role = self._final_role(final_size)
@@ -467,15 +482,23 @@ class CascadePipeline:
             raise ValueError(f"eta must be a number at least 0 (or None: fresh noise), got {eta!r}")
         options = self._sampling(steps, guidance, sampler, stage_options)
         if eta is not None:
-            asked = sampler if isinstance(sampler, str) else (sampler or {}).get("decoder")
-            if asked is not None and asked != "ddim":
-                raise ValueError(f"variations with eta (from the inverted image's x_T) sample the decoder with ddim, "
-                                 f"not {asked}; pass eta=None to use another sampler")
-            # at η = 0 every candidate is the same deterministic draw from the shared x_T: draw one
-            candidates = options["decoder"].candidates if eta > 0 else 1
-            options["decoder"] = dataclasses.replace(options["decoder"], sampler="ddim", eta=float(eta),
-                                                     candidates=candidates)
+            self._ddim_from_inverted(options, sampler, guidance, eta, "pass eta=None to use another sampler")
         return options
+
+    @staticmethod
+    def _ddim_from_inverted(options: dict[str, SamplingConfig], sampler: Any, guidance: Any, eta: float,
+                            other: str) -> None:
+        """Set the decoder to sample by DDIM at `eta` (from an inverted image's x_T), at INVERTED_GUIDANCE
+        unless a guidance was asked for; refuse another sampler asked for by name. At η = 0 every
+        candidate would be the same deterministic draw: draw one."""
+        asked = sampler if isinstance(sampler, str) else (sampler or {}).get("decoder")
+        if asked is not None and asked != "ddim":
+            raise ValueError(f"decoding from an inverted image's x_T samples the decoder with ddim, not {asked}; {other}")
+        asked_guidance = guidance if isinstance(guidance, (int, float)) else (guidance or {}).get("decoder")
+        candidates = options["decoder"].candidates if eta > 0 else 1
+        options["decoder"] = dataclasses.replace(
+            options["decoder"], sampler="ddim", eta=float(eta), candidates=candidates,
+            guidance=options["decoder"].guidance if asked_guidance is not None else INVERTED_GUIDANCE)
 
     def _invert(self, images: Sequence[Image.Image], image_embed: Tensor, sampling: SamplingConfig) -> Tensor:
         """The decoder's x_T (B, 3, res, res) of each image for the condition (its z_i, no text): DDIM inversion."""
@@ -503,6 +526,7 @@ class CascadePipeline:
 
     @torch.inference_mode()
     def interpolate(self, a: str | Path | Image.Image, b: str | Path | Image.Image, n_frames: int = 8, *,
+                    invert: bool = False,
                     generator: Optional[torch.Generator] = None, seed: Optional[int] = None, steps: Any = None,
                     guidance: Any = None, sampler: Any = None,
                     stage_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -510,10 +534,17 @@ class CascadePipeline:
         """Frames along the slerp between two CLIP image embeddings (images, or texts through the
         prior), decoded with shared noise and a deterministic sampler so that neighbouring frames
         change smoothly (a stage whose default sampler is ddpm uses DDIM with η = 0 here; frames
-        draw one decoder image each, whatever its candidates)."""
+        draw one decoder image each, whatever its candidates).
+
+        `invert=True` (two images): DALL·E 2 §3.2's other way: each image is DDIM-inverted to its
+        decoder x_T (under its own z_i, on a 200-step grid), and the frames' x_T move along the slerp
+        between the two as their embeddings do, so the first and last frames redraw the images
+        themselves (each equal to its `variations(..., eta=0)`) rather than new drawings of them."""
         n_frames = self._check_count(n_frames, "n_frames")
         if n_frames < 2:
             raise ValueError(f"n_frames must be at least 2, got {n_frames}")
+        if invert and any(isinstance(x, str) and not Path(x).is_file() for x in (a, b)):
+            raise ValueError("interpolate(invert=True) needs two images (a text has no x_T to invert)")
         options = self._sampling(steps, guidance, sampler, stage_options)
         asked = set(self.stages) if isinstance(sampler, str) else set(sampler or ())
         for role, o in options.items():
@@ -523,23 +554,33 @@ class CascadePipeline:
                 raise ValueError(f"{role}: interpolation needs a deterministic sampler (ddim, dpmpp_2m, heun), not ddpm")
             # a stage whose default is ddpm decodes frames with DDIM (η = 0), its deterministic counterpart
             options[role] = dataclasses.replace(o, sampler="ddim", eta=0.0)
+        if invert:
+            self._ddim_from_inverted(options, sampler, guidance, 0.0,
+                                     "interpolate with invert=False to use another sampler")
         final_role = self._final_role(final_size)
         g = self._generator(generator, seed)
         za, zb = self._embedding_of(a, options, g), self._embedding_of(b, options, g)
         fracs = torch.linspace(0, 1, n_frames)
         image_embed = slerp(za.expand(n_frames, -1), zb.expand(n_frames, -1), fracs)
+        noise = None
+        if invert:
+            x_t = self._invert([load_image(a), load_image(b)], torch.cat([za, zb]), options["decoder"])
+            noise = slerp_noise(x_t[:1], x_t[1:], fracs)
         text, drop = self._empty_text(n_frames)
-        outputs = self._decode(image_embed, text, drop, options, final_role, g, shared_noise=True)
+        outputs = self._decode(image_embed, text, drop, options, final_role, g, shared_noise=True, noise=noise)
         return self._finish(outputs, final_role, return_intermediates, None, image_embed)
 
     @torch.inference_mode()
     def text_diff(self, image: str | Path | Image.Image, from_text: str, to_text: str,
-                  amount: float | Sequence[float] = 0.5, *, generator: Optional[torch.Generator] = None,
+                  amount: float | Sequence[float] = 0.5, *, invert: bool = False,
+                  generator: Optional[torch.Generator] = None,
                   seed: Optional[int] = None, steps: Any = None, guidance: Any = None, sampler: Any = None,
                   stage_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
                   final_size: Optional[int] = None, return_intermediates: bool = False):
         """Edit an image by the text diff z_d = norm(z_t(to) − z_t(from)): decode slerp(z_i, z_d, amount)
-        (DALL·E 2 §3.3); a list of amounts gives one image each, with shared noise (one decoder draw each)."""
+        (DALL·E 2 §3.3); a list of amounts gives one image each, with shared noise (one decoder draw each).
+        `invert=True`: as in the paper, the shared decoder noise is the image's DDIM-inverted x_T and the
+        decoder samples by DDIM (η = 0), so amount 0 redraws the image itself and the edits keep its layout."""
         for name, t in (("from_text", from_text), ("to_text", to_text)):
             if not isinstance(t, str):
                 raise TypeError(f"{name} must be text, got {type(t).__name__}")
@@ -547,15 +588,20 @@ class CascadePipeline:
         if not amounts or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1 for a in amounts):
             raise ValueError(f"amount must be a number or numbers in [0, 1], got {amount!r}")
         options = self._sampling(steps, guidance, sampler, stage_options)
+        if invert:
+            self._ddim_from_inverted(options, sampler, guidance, 0.0,
+                                     "text_diff with invert=False to use another sampler")
         final_role = self._final_role(final_size)
         g = self._generator(generator, seed)
-        z_i = self.encode_images(image)
+        source = load_image(image)
+        z_i = self.encode_images(source)
         texts = self._encode_text([from_text, to_text])
         diff = torch.nn.functional.normalize(texts.embed[1:] - texts.embed[:1], dim=-1).float()
         if not torch.isfinite(diff).all() or (texts.embed[1] - texts.embed[0]).abs().max() == 0:
             raise ValueError("from_text and to_text have the same CLIP embedding: there is no direction to move in")
         m = len(amounts)
         image_embed = slerp(z_i.expand(m, -1), diff.expand(m, -1), torch.tensor(amounts, dtype=torch.float32))
+        noise = self._invert([source], z_i, options["decoder"]).expand(m, -1, -1, -1) if invert else None
         text, drop = self._empty_text(m)
-        outputs = self._decode(image_embed, text, drop, options, final_role, g, shared_noise=True)
+        outputs = self._decode(image_embed, text, drop, options, final_role, g, shared_noise=True, noise=noise)
         return self._finish(outputs, final_role, return_intermediates, None, image_embed)

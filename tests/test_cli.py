@@ -69,7 +69,8 @@ def test_generate_without_model_and_bad_model(tmp_path, capsys):
     assert code == 2 and "no prompt" in err
 
 
-def test_vary_and_interpolate(micro_dir, tmp_path, capsys):
+def test_vary_and_interpolate(micro_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cascade.pipeline.INVERSION_STEPS", 10)  # --eta / --invert: a short inversion grid will do
     src = tmp_path / "src.png"
     Image.new("RGBA", (50, 40), (200, 30, 30, 128)).save(src)
     code, _, err = run(capsys, "vary", src, "-n", "2", "--model", micro_dir, "--size", "64", "--out", tmp_path / "v",
@@ -87,6 +88,19 @@ def test_vary_and_interpolate(micro_dir, tmp_path, capsys):
     assert names == ["0000.png", "0001.png", "0002.png", "interpolation.gif", "strip.png"]
     assert Image.open(tmp_path / "i" / "interpolation.gif").format == "GIF"
     assert Image.open(tmp_path / "i" / "strip.png").size == (3 * 64 + 2 * 2, 64)  # frames side by side
+    code, _, err = run(capsys, "interpolate", src, src, "--frames", "2", "--model", micro_dir, "--size", "64",
+                       "--out", tmp_path / "j", "--quiet", "--steps", "2", "--invert")  # the same image's x_T twice
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "j" / "0000.png")), np.asarray(Image.open(tmp_path / "j" / "0001.png")))
+    code, _, err = run(capsys, "interpolate", src, "a blue star", "--invert", "--model", micro_dir, "--out", tmp_path / "k")
+    assert code == 2 and "two images" in err and not (tmp_path / "k").exists()
+    code, _, err = run(capsys, "edit", src, "--from", "a red circle", "--to", "a blue circle", "--amount", "0,0.5",
+                       "--model", micro_dir, "--size", "64", "--out", tmp_path / "e", "--quiet", "--steps", "2", "--invert")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["0000.png", "0001.png", "strip.png"]
+    code, _, err = run(capsys, "edit", src, "--from", "a", "--to", "b", "--amount", "0.5,2", "--model", micro_dir,
+                       "--out", tmp_path / "f")
+    assert code == 2 and "--amount" in err and not (tmp_path / "f").exists()
     code, _, err = run(capsys, "vary", tmp_path / "missing.png", "--model", micro_dir)
     assert code == 2 and "not found" in err
     (tmp_path / "bad.jpg").write_bytes(b"nope")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cascade.checkpoint import CheckpointError
-from cascade.pipeline import CascadePipeline, slerp
+from cascade.pipeline import INVERTED_GUIDANCE, CascadePipeline, slerp, slerp_noise
 from safetensors.torch import load_file, save_file
 
 
@@ -265,9 +265,10 @@ def test_variations(micro_pipe, tmp_path):
         micro_pipe.variations(tmp_path / "bad.png")
 
 
-def test_variations_from_the_inverted_image(micro_pipe):
+def test_variations_from_the_inverted_image(micro_pipe, monkeypatch):
     """eta: DALL·E 2's bipartite (z_i, x_T) variations: DDIM from the image's inverted x_T. η = 0 is
     deterministic (every variation alike, the same for any seed); η > 0 varies; bad requests are refused."""
+    monkeypatch.setattr("cascade.pipeline.INVERSION_STEPS", 10)  # the round trip's accuracy is test_diffusion's
     src = _image("RGB", (64, 64))
     a = micro_pipe.variations(src, 2, seed=1, final_size=64, eta=0.0, return_intermediates=True)
     b = micro_pipe.variations(src, 1, seed=9, final_size=64, eta=0.0, return_intermediates=True)
@@ -275,6 +276,12 @@ def test_variations_from_the_inverted_image(micro_pipe):
     torch.testing.assert_close(a.stages["decoder"][:1], b.stages["decoder"], rtol=0, atol=1e-4)
     c = micro_pipe.variations(src, 2, seed=1, final_size=64, eta=1.0, return_intermediates=True)
     assert (c.stages["decoder"][0] - c.stages["decoder"][1]).abs().amax() > 1e-3
+    # from an inverted x_T the decoder samples unguided unless asked (the guided ODE inverts poorly)
+    dec_default = micro_pipe.stages["decoder"].config.sampling.guidance
+    assert micro_pipe._variation_sampling(None, None, None, None)["decoder"].guidance == dec_default
+    assert micro_pipe._variation_sampling(0.5, None, None, None)["decoder"].guidance == INVERTED_GUIDANCE
+    assert micro_pipe._variation_sampling(0.5, None, {"decoder": 2.5}, None)["decoder"].guidance == 2.5
+    assert micro_pipe._variation_sampling(0.5, None, 4.0, None)["decoder"].guidance == 4.0
     with pytest.raises(ValueError, match="eta"):
         micro_pipe.variations(src, 1, eta=-0.5)
     with pytest.raises(ValueError, match="ddim"):
@@ -327,6 +334,39 @@ def test_text_diff(micro_pipe):
         micro_pipe.text_diff(src, "a", "b", 1.5)
     with pytest.raises(TypeError, match="to_text"):
         micro_pipe.text_diff(src, "a", 3)
+
+
+def test_interpolation_and_text_diff_from_inverted_images(micro_pipe, monkeypatch):
+    """invert=True: the frames' x_T move between the two images' DDIM-inverted x_T, so each end frame is
+    that image's η = 0 variation (the same z_i decoded from the same x_T); a text diff at amount 0 likewise.
+    Texts have no x_T, and a stochastic decoder sampler is refused."""
+    monkeypatch.setattr("cascade.pipeline.INVERSION_STEPS", 10)  # every side inverts alike: a short grid will do
+    a, b = _image("RGB", (64, 64)), _image("RGB", (64, 64)).transpose(Image.FLIP_LEFT_RIGHT)
+    frames = micro_pipe.interpolate(a, b, 3, invert=True, seed=1, final_size=64, return_intermediates=True)
+    va = micro_pipe.variations(a, 1, eta=0.0, seed=5, final_size=64, return_intermediates=True)
+    vb = micro_pipe.variations(b, 1, eta=0.0, seed=6, final_size=64, return_intermediates=True)
+    torch.testing.assert_close(frames.stages["decoder"][:1], va.stages["decoder"], rtol=0, atol=2e-3)
+    torch.testing.assert_close(frames.stages["decoder"][2:], vb.stages["decoder"], rtol=0, atol=2e-3)
+    assert (frames.stages["decoder"][0] - frames.stages["decoder"][2]).abs().amax() > 1e-2
+    plain = micro_pipe.interpolate(a, b, 3, seed=1, final_size=64, return_intermediates=True)
+    assert (plain.stages["decoder"][0] - frames.stages["decoder"][0]).abs().amax() > 1e-2  # not fresh noise
+    edits = micro_pipe.text_diff(a, "a red circle", "a blue circle", [0.0, 0.5], invert=True, seed=3, final_size=64,
+                                 return_intermediates=True)
+    torch.testing.assert_close(edits.stages["decoder"][:1], va.stages["decoder"], rtol=0, atol=2e-3)
+    with pytest.raises(ValueError, match="two images"):
+        micro_pipe.interpolate(a, "a blue star", 3, invert=True)
+    with pytest.raises(ValueError, match="ddim, not dpmpp_2m"):
+        micro_pipe.text_diff(a, "a", "b", invert=True, sampler={"decoder": "dpmpp_2m"})
+
+
+def test_slerp_noise_keeps_the_ends_and_the_norm():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 3, 8, 8, generator=g), 2 * torch.randn(1, 3, 8, 8, generator=g)
+    out = slerp_noise(a, b, torch.tensor([0.0, 0.5, 1.0]))
+    torch.testing.assert_close(out[0], a[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[2], b[0], rtol=0, atol=1e-5)
+    norms = out.flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms[1], (a.norm() + b.norm()) / 2, rtol=1e-5, atol=0)
 
 
 def test_slerp_closed_form():

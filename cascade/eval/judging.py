@@ -132,7 +132,7 @@ def pipeline_varier(pipe: Any, *, size: Optional[int] = None, steps: Any = None,
                     sampler: Any = None, eta: Any = "default") -> Vary:
     """Variations as `CascadePipeline.variations` makes them (decode the CLIP image embedding of
     each source image, no text; with `eta`, from its DDIM-inverted x_T), one per source image, batched.
-    `vary.info` says how ({"eta": η or None}), for the report."""
+    `vary.info` says how ({"eta": η or None, "decoder_guidance": w}), for the report."""
     from ..images import tensor_to_pil
     from ..pipeline import VARIATION_ETA
 
@@ -150,7 +150,7 @@ def pipeline_varier(pipe: Any, *, size: Optional[int] = None, steps: Any = None,
         outputs = pipe._decode(image_embed, text, drop, options, final_role, g, noise=noise)
         return {pipe.stages[role].config.resolution: quantize(x.cpu()) for role, x in outputs.items()}
 
-    vary.info = {"eta": eta}
+    vary.info = {"eta": eta, "decoder_guidance": options["decoder"].guidance}
     return vary
 
 

@@ -84,7 +84,8 @@ def _variations(v: dict) -> list[str]:
            "judge(variation of a true render) against the render's scene.", ""]
     eta = v.get("eta")
     if isinstance(eta, (int, float)):
-        out += [f"Bipartite variations: DDIM η = {eta} from each source's DDIM-inverted x_T.", ""]
+        guided = f", decoder guidance {v['decoder_guidance']}" if "decoder_guidance" in v else ""
+        out += [f"Bipartite variations: DDIM η = {eta} from each source's DDIM-inverted x_T{guided}.", ""]
     elif "eta" in v:
         out += ["Variations from fresh noise (the CLIP image embedding alone).", ""]
     for size, entry in v["sizes"].items():
