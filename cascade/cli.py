@@ -150,14 +150,30 @@ def cmd_vary(args: argparse.Namespace) -> None:
     from .images import grid, load_image
 
     image = load_image(args.image)  # a clear error before the model loads
+    eta = _eta(args.eta)
     pipe = _load(args)
-    images = pipe.variations(image, args.n, eta=args.eta, **_sampling_kwargs(args))
+    images = pipe.variations(image, args.n, **eta, **_sampling_kwargs(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images):
         im.save(out / f"{i:04d}.png")
     grid(images).save(out / "grid.png")
     print(out)
+
+
+def _eta(value: str) -> dict[str, Any]:
+    """--eta: "default" (the pipeline's), "none" (fresh noise) or a number ≥ 0, as variations' keyword."""
+    if value == "default":
+        return {}
+    if value == "none":
+        return {"eta": None}
+    try:
+        eta = float(value)
+    except ValueError:
+        raise CliError(f"--eta must be a number, none or default, got {value!r}") from None
+    if not eta >= 0:
+        raise CliError(f"--eta must be at least 0, got {value}")
+    return {"eta": eta}
 
 
 def _endpoint(value: str):
@@ -277,9 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("-n", type=int, default=4)
     p.add_argument("--out", default="variations")
-    p.add_argument("--eta", type=float, default=None,
-                   help="vary the image's DDIM-inverted x_T by this DDIM η (DALL·E 2 §3.1; 0 redraws the image) "
-                        "instead of decoding its CLIP embedding from fresh noise")
+    p.add_argument("--eta", default="default", metavar="ETA|none",
+                   help="DDIM η from the image's DDIM-inverted x_T (DALL·E 2 §3.1; default 0.25; 0 redraws the "
+                        "image, larger varies more); none: decode its CLIP embedding from fresh noise instead")
     _sampling_args(p)
     p.set_defaults(func=cmd_vary)
 

@@ -12,6 +12,14 @@ MICRO = ROOT / "configs" / "micro.toml"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def short_inversion(monkeypatch):
+    """Variations (from the image's DDIM-inverted x_T by default), interpolation and text diffs with
+    invert=True: a 10-step inversion grid instead of 200. The tests check how the inverted x_T is used;
+    the inversion's accuracy against its step count is tested on invert_ddim itself (test_diffusion)."""
+    monkeypatch.setattr("cascade.pipeline.INVERSION_STEPS", 10)
+
+
 @pytest.fixture(scope="session")
 def tools():
     """`tools(name)`: the script tools/NAME.py loaded as a module (tools/ is not a package)."""

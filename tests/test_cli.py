@@ -69,8 +69,7 @@ def test_generate_without_model_and_bad_model(tmp_path, capsys):
     assert code == 2 and "no prompt" in err
 
 
-def test_vary_and_interpolate(micro_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("cascade.pipeline.INVERSION_STEPS", 10)  # --eta / --invert: a short inversion grid will do
+def test_vary_and_interpolate(micro_dir, tmp_path, capsys):
     src = tmp_path / "src.png"
     Image.new("RGBA", (50, 40), (200, 30, 30, 128)).save(src)
     code, _, err = run(capsys, "vary", src, "-n", "2", "--model", micro_dir, "--size", "64", "--out", tmp_path / "v",
@@ -101,6 +100,11 @@ def test_vary_and_interpolate(micro_dir, tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "edit", src, "--from", "a", "--to", "b", "--amount", "0.5,2", "--model", micro_dir,
                        "--out", tmp_path / "f")
     assert code == 2 and "--amount" in err and not (tmp_path / "f").exists()
+    code, _, err = run(capsys, "vary", src, "-n", "1", "--model", micro_dir, "--size", "64", "--out", tmp_path / "n",
+                       "--quiet", "--steps", "2", "--eta", "none")  # from fresh noise
+    assert code == 0, err
+    code, _, err = run(capsys, "vary", src, "--eta", "-1", "--model", micro_dir, "--out", tmp_path / "m")
+    assert code == 2 and "--eta must be at least 0" in err and not (tmp_path / "m").exists()
     code, _, err = run(capsys, "vary", tmp_path / "missing.png", "--model", micro_dir)
     assert code == 2 and "not found" in err
     (tmp_path / "bad.jpg").write_bytes(b"nope")

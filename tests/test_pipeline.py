@@ -265,10 +265,9 @@ def test_variations(micro_pipe, tmp_path):
         micro_pipe.variations(tmp_path / "bad.png")
 
 
-def test_variations_from_the_inverted_image(micro_pipe, monkeypatch):
+def test_variations_from_the_inverted_image(micro_pipe):
     """eta: DALL·E 2's bipartite (z_i, x_T) variations: DDIM from the image's inverted x_T. η = 0 is
     deterministic (every variation alike, the same for any seed); η > 0 varies; bad requests are refused."""
-    monkeypatch.setattr("cascade.pipeline.INVERSION_STEPS", 10)  # the round trip's accuracy is test_diffusion's
     src = _image("RGB", (64, 64))
     a = micro_pipe.variations(src, 2, seed=1, final_size=64, eta=0.0, return_intermediates=True)
     b = micro_pipe.variations(src, 1, seed=9, final_size=64, eta=0.0, return_intermediates=True)
@@ -336,11 +335,10 @@ def test_text_diff(micro_pipe):
         micro_pipe.text_diff(src, "a", 3)
 
 
-def test_interpolation_and_text_diff_from_inverted_images(micro_pipe, monkeypatch):
+def test_interpolation_and_text_diff_from_inverted_images(micro_pipe):
     """invert=True: the frames' x_T move between the two images' DDIM-inverted x_T, so each end frame is
     that image's η = 0 variation (the same z_i decoded from the same x_T); a text diff at amount 0 likewise.
     Texts have no x_T, and a stochastic decoder sampler is refused."""
-    monkeypatch.setattr("cascade.pipeline.INVERSION_STEPS", 10)  # every side inverts alike: a short grid will do
     a, b = _image("RGB", (64, 64)), _image("RGB", (64, 64)).transpose(Image.FLIP_LEFT_RIGHT)
     frames = micro_pipe.interpolate(a, b, 3, invert=True, seed=1, final_size=64, return_intermediates=True)
     va = micro_pipe.variations(a, 1, eta=0.0, seed=5, final_size=64, return_intermediates=True)
