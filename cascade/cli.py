@@ -147,18 +147,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_vary(args: argparse.Namespace) -> None:
-    from .images import grid, load_image
+    from .images import load_image
 
     image = load_image(args.image)  # a clear error before the model loads
     eta = _eta(args.eta)
     pipe = _load(args)
     images = pipe.variations(image, args.n, **eta, **_sampling_kwargs(args))
-    out = Path(args.out)
+    print(_save_images(images, args.out, "grid.png"))
+
+
+def _save_images(images, folder: str, sheet: str) -> Path:
+    """OUT/0000.png, 0001.png, … and all of them side by side in OUT/`sheet`; returns OUT."""
+    from .images import grid
+
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images):
         im.save(out / f"{i:04d}.png")
-    grid(images).save(out / "grid.png")
-    print(out)
+    grid(images).save(out / sheet)
+    return out
 
 
 def _eta(value: str) -> dict[str, Any]:
@@ -186,7 +193,7 @@ def _endpoint(value: str):
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
-    from .images import grid, save_gif
+    from .images import save_gif
 
     a, b = _endpoint(args.a), _endpoint(args.b)
     if args.frames < 2:
@@ -195,11 +202,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         raise CliError("--invert needs two images (a text has no x_T to invert)")
     pipe = _load(args)
     images = pipe.interpolate(a, b, args.frames, invert=args.invert, **_sampling_kwargs(args))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(images):
-        im.save(out / f"{i:04d}.png")
-    grid(images).save(out / "strip.png")
+    out = _save_images(images, args.out, "strip.png")
     save_gif(images, out / "interpolation.gif")
     print(out)
 
@@ -215,18 +218,13 @@ def _amounts(value: str) -> list[float]:
 
 
 def cmd_edit(args: argparse.Namespace) -> None:
-    from .images import grid, load_image
+    from .images import load_image
 
     image = load_image(args.image)  # a clear error before the model loads
     amounts = _amounts(args.amount)
     pipe = _load(args)
     images = pipe.text_diff(image, args.from_text, args.to_text, amounts, invert=args.invert, **_sampling_kwargs(args))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(images):
-        im.save(out / f"{i:04d}.png")
-    grid(images).save(out / "strip.png")
-    print(out)
+    print(_save_images(images, args.out, "strip.png"))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
