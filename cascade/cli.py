@@ -150,9 +150,9 @@ def cmd_vary(args: argparse.Namespace) -> None:
     from .images import load_image
 
     image = load_image(args.image)  # a clear error before the model loads
-    eta = _eta(args.eta)
+    eta = parse_eta(args.eta, "--eta")
     pipe = _load(args)
-    images = pipe.variations(image, args.n, **eta, **_sampling_kwargs(args))
+    images = pipe.variations(image, args.n, **({} if eta == "default" else {"eta": eta}), **_sampling_kwargs(args))
     print(_save_images(images, args.out, "grid.png"))
 
 
@@ -168,19 +168,18 @@ def _save_images(images, folder: str, sheet: str) -> Path:
     return out
 
 
-def _eta(value: str) -> dict[str, Any]:
-    """--eta: "default" (the pipeline's), "none" (fresh noise) or a number ≥ 0, as variations' keyword."""
-    if value == "default":
-        return {}
-    if value == "none":
-        return {"eta": None}
+def parse_eta(value: str, flag: str) -> Any:
+    """A variations η option (`flag`): "default" (kept as is: the pipeline's), "none" (None: fresh
+    noise) or a number ≥ 0; anything else is a ValueError naming the flag, before any work."""
+    if value in ("default", "none"):
+        return None if value == "none" else value
     try:
         eta = float(value)
     except ValueError:
-        raise CliError(f"--eta must be a number, none or default, got {value!r}") from None
+        raise ValueError(f"{flag} must be a number, none or default, got {value!r}") from None
     if not eta >= 0:
-        raise CliError(f"--eta must be at least 0, got {value}")
-    return {"eta": eta}
+        raise ValueError(f"{flag} must be at least 0, got {value}")
+    return eta
 
 
 def _endpoint(value: str):

@@ -18,6 +18,7 @@ from .degrade import lowres_condition
 from .hardware import native_bf16
 from .images import load_image, pil_to_tensor, tensor_to_pil
 from .model_config import ModelConfig, load_model_config
+from .slerp import slerp, slerp_noise
 from .stage import ROLES, SamplingConfig, Stage, check_sampling
 
 SIZES = {64: "decoder", 256: "sr256", 1024: "sr1024"}
@@ -68,26 +69,6 @@ def _closest(items: Tensor, z: Tensor, target: Tensor) -> Tensor:
     """Per row b of `items` (B, k, ...), the candidate whose embedding z[b] (k, D) is closest to target[b] (D)."""
     best = (z * target.unsqueeze(1)).sum(-1).argmax(dim=1)  # (B,)
     return items[torch.arange(items.shape[0]), best]
-
-
-def slerp(a: Tensor, b: Tensor, frac: Tensor | float) -> Tensor:
-    """Spherical interpolation between unit vectors a and b (B, D) at fraction(s) `frac`."""
-    a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
-    frac = torch.as_tensor(frac, dtype=a.dtype, device=a.device).reshape(-1, 1)
-    omega = torch.arccos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
-    so = torch.sin(omega)
-    out = (torch.sin((1 - frac) * omega) / so) * a + (torch.sin(frac * omega) / so) * b
-    return torch.nn.functional.normalize(out, dim=-1)
-
-
-def slerp_noise(a: Tensor, b: Tensor, frac: Tensor) -> Tensor:
-    """Per fraction, x_T between two noise tensors a and b (each (1, ...)): the slerp of their
-    directions scaled by the linear blend of their norms (DALL·E 2 §3.2 interpolates inverted x_T)."""
-    fa, fb = a.reshape(1, -1).float(), b.reshape(1, -1).float()
-    frac = frac.reshape(-1, 1).to(fa)
-    norm = (1 - frac) * fa.norm() + frac * fb.norm()
-    out = slerp(fa.expand(len(frac), -1), fb.expand(len(frac), -1), frac) * norm
-    return out.view(len(frac), *a.shape[1:])
 
 
 DEFAULT_BF16 = frozenset({"prior", "decoder", "sr256", "sr1024"})  # stages run under bf16 autocast unless told
@@ -462,9 +443,9 @@ class CascadePipeline:
         `eta` (default VARIATION_ETA = 0.25): from DALL·E 2's bipartite representation (z_i, x_T) (§3.1):
         the image is also inverted with DDIM (on a 200-step grid) to the decoder's x_T, and each
         variation is drawn by DDIM from that x_T with this η: 0 redraws the image itself, larger values
-        vary it more. `eta=None`: from fresh noise with the decoder's own sampler (z_i alone). This path samples the decoder
-        unguided unless `guidance` says otherwise (INVERTED_GUIDANCE): unguided, an inverted ShapeWorld
-        render comes back to a mean error of 5 / 255; under guidance 3 now and then as other objects."""
+        vary it more; it samples the decoder unguided unless `guidance` says otherwise (INVERTED_GUIDANCE):
+        unguided, an inverted ShapeWorld render comes back to a mean error of 5 / 255, under guidance 3
+        now and then as other objects. `eta=None`: from fresh noise with the decoder's own sampler (z_i alone)."""
         n = self._check_count(n, "n")
         options = self._variation_sampling(eta, steps, guidance, sampler, stage_options)
         final_role = self._final_role(final_size)

@@ -21,15 +21,9 @@ SIZES = (64, 256, 1024)
 
 def _variation_eta(value: str):
     """--variation-eta: "default", "none" or a number ≥ 0 (checked before any work)."""
-    if value in ("default", "none"):
-        return None if value == "none" else value
-    try:
-        eta = float(value)
-    except ValueError:
-        raise ValueError(f"--variation-eta must be a number, none or default, got {value!r}") from None
-    if eta < 0:
-        raise ValueError(f"--variation-eta must be at least 0, got {value}")
-    return eta
+    from ..cli import parse_eta
+
+    return parse_eta(value, "--variation-eta")
 
 
 def add_parser(sub: Any) -> None:
