@@ -133,11 +133,14 @@ def network_configs(config_path: Path) -> dict[str, dict[str, Any]]:
         guided = 2 if s.guidance != 1.0 else 1
         batch = guided * s.candidates  # one image: CFG halves × candidates (prior, decoder)
         out[role] = {"network": json.loads(json.dumps(dict(stage.network))), "batch": batch,
-                     "class": stage.network_class}
+                     "class": stage.network_class, "steps": s.steps}
     return out
 
 
-def cascade_runner(role: str, network: dict[str, Any], network_class: str, batch: int) -> Runner:
+def cascade_runner(role: str, network: dict[str, Any], network_class: str, batch: int, steps: int = 1) -> Runner:
+    """cascade's network as its sampler runs it. The prior: one call is a sampling run of `steps`
+    evaluations, the text prefix prepared once (`PriorTransformer.prepare_condition`) and each step
+    evaluating the per-step positions; its time and FLOPs are reported per evaluation (÷ steps)."""
     from .config import from_dict
     from .stage import network_class as lookup
 
@@ -147,7 +150,13 @@ def cascade_runner(role: str, network: dict[str, Any], network_class: str, batch
     inputs = make_inputs(KIND[role], network, batch)
     if KIND[role] == "prior":
         def call(i):
-            return net(i["x"], i["t"], text_embed=i["text_embed"], text_tokens=i["text_tokens"], text_mask=i["text_mask"])
+            cond = net.prepare_condition(
+                {"text_embed": i["text_embed"], "text_tokens": i["text_tokens"], "text_mask": i["text_mask"]})
+            for _ in range(steps):
+                out = net(i["x"], i["t"], **cond)
+            return out
+
+        return Runner(net, call, inputs, evaluations=steps)
     elif KIND[role] == "decoder":
         def call(i):
             return net(i["x"], i["t"], image_embed=i["image_embed"], text_embed=i["text_embed"],
@@ -180,7 +189,7 @@ def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[P
     network = sized(spec["network"], role, size)
     batch = spec["batch"]
     kind = KIND[role]
-    runner = cascade_runner(role, network, spec["class"], batch)
+    runner = cascade_runner(role, network, spec["class"], batch, spec.get("steps", 1))
     entry: dict[str, Any] = {
         "network": role, "size": size, "batch": batch, "network_config": network,
         "input_shapes": {k: list(v.shape) for k, v in runner.inputs.items()},

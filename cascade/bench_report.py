@@ -263,6 +263,12 @@ METHOD = [
     "cascade's UNets pixel-unshuffle their input by the config's `patch_size`; the peers cannot, so they get "
     "the unshuffled input (and shuffle their output back) inside the timed call, and run at the same internal "
     "resolution with the same input/output channels.", "",
+    "cascade's prior is timed as its sampler runs it (since session 15): under the causal mask the text "
+    "positions never see x_t or t, so `prepare_condition` computes their keys and values at every layer once per "
+    "prompt, and each step evaluates only the three per-step positions (the last layer only the query); one "
+    "timed call is a sampling run of the shipped step count (16), and its time and FLOPs are divided by it (the "
+    "prefix's cost amortised). The peers' priors evaluate the whole sequence at every step, as their samplers "
+    "do. Before session 15 cascade's prior did too.", "",
     "- **diffusers** `PriorTransformer` as Karlo's prior: cascade's depth, heads and width. It reads token states "
     "`embedding_dim` wide (cascade: `text_width`), hence a few thousand parameters more.",
     "- **diffusers** decoder: `UnCLIPTextProjModel` + `UNet2DConditionModel` as Karlo's (SimpleCrossAttn blocks where "

@@ -79,10 +79,12 @@ def _text_mask(B: int, L: int) -> Tensor:
 class Runner:
     """One network of one implementation, callable once per evaluation in a given mode."""
 
-    def __init__(self, module: nn.Module, call: Callable[[dict[str, Tensor]], Tensor], inputs: dict[str, Tensor]):
+    def __init__(self, module: nn.Module, call: Callable[[dict[str, Tensor]], Tensor], inputs: dict[str, Tensor],
+                 evaluations: int = 1):
         self.module = module.eval()
         self.call = call
         self.inputs = inputs
+        self.evaluations = evaluations  # network evaluations one call makes (its times and FLOPs are divided by it)
         self.repeat: dict[str, int] = {}  # calls per timed sample, per mode (short calls are grouped)
         self.config: dict[str, Any] = {}  # the constructor arguments (peers)
         self._mode = None
@@ -116,7 +118,7 @@ class Runner:
         self.run(mode)
         dt = time.perf_counter() - t0
         self.repeat[mode] = max(1, min(50, math.ceil(min_seconds / max(dt, 1e-6))))
-        return dt * 1e3
+        return dt * 1e3 / self.evaluations
 
     def time_once(self, mode: str) -> float:
         """ms per evaluation over one timed sample (of `repeat` calls)."""
@@ -127,7 +129,7 @@ class Runner:
         t0 = time.perf_counter()
         for _ in range(n):
             self.run(mode)
-        return (time.perf_counter() - t0) * 1e3 / n
+        return (time.perf_counter() - t0) * 1e3 / (n * self.evaluations)
 
     def flops(self, mode: str = "fp32") -> int:
         from torch.utils.flop_counter import FlopCounterMode
@@ -135,7 +137,7 @@ class Runner:
         counter = FlopCounterMode(display=False)
         with counter:
             self.run(mode)
-        return int(counter.get_total_flops())
+        return int(counter.get_total_flops()) // self.evaluations
 
 
 def matmul_peak(threads: int, n: int = 2048, repeats: int = 5, bf16: bool = True) -> dict[str, float]:

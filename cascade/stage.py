@@ -176,6 +176,7 @@ class Stage(nn.Module):
         """Draw samples of `shape` for condition `cond` (and `uncond` when guided)."""
         s = sampling or self.config.sampling
         device = next(self.parameters()).device
+        cond, uncond = self.prepare_condition(cond), self.prepare_condition(uncond)
         denoise = self._sampling_denoiser(s, uncond, images=len(shape) == 4)
         x = noise if noise is not None else initial_noise(shape, self.schedule, generator, device, dtype)
         sampler = get_sampler(s.sampler)
@@ -183,6 +184,12 @@ class Stage(nn.Module):
         if s.sampler == "ddim":
             kwargs["eta"] = s.eta
         return sampler(denoise, self.schedule, x.to(device), s.steps, cond, generator, **kwargs)
+
+    def prepare_condition(self, cond: Optional[Cond]) -> Optional[Cond]:
+        """`cond` with the work that is the same at every sampling step done once, where the network
+        can (the prior's text prefix: `PriorTransformer.prepare_condition`); else `cond` itself."""
+        prepare = getattr(self.network, "prepare_condition", None)
+        return cond if cond is None or prepare is None else prepare(cond)
 
     def _sampling_denoiser(self, s: SamplingConfig, uncond: Optional[Cond], images: bool):
         """The denoiser `sample` integrates: tiled, guided and thresholded as `s` says."""
@@ -209,6 +216,7 @@ class Stage(nn.Module):
         error of 5 / 255 (50 and 50: 57 / 255). `sample(..., noise=x_T)` with DDIM then varies x0 by its η."""
         s = sampling or self.config.sampling
         device = next(self.parameters()).device
+        cond, uncond = self.prepare_condition(cond), self.prepare_condition(uncond)
         denoise = self._sampling_denoiser(s, uncond, images=x0.dim() == 4)
         return invert_ddim(denoise, self.schedule, x0.to(device), steps or s.steps, cond, spacing=s.spacing,
                            progress=f"{self.role} (inverting)" if progress else False)

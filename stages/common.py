@@ -139,16 +139,27 @@ class SelfAttention(nn.Module):
         self.to_v = nn.Linear(width, width)
         self.to_out = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+    def _split(self, y: Tensor) -> Tensor:
+        B, S, W = y.shape
+        return y.view(B, S, self.heads, W // self.heads).transpose(1, 2)  # (B, heads, S, d)
+
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The keys and values of x's positions, (B, heads, S, head_dim) each."""
+        return self._split(self.to_k(x)), self._split(self.to_v(x))
+
+    def forward(self, x: Tensor, bias: Tensor | None = None, past: tuple[Tensor, Tensor] | None = None,
+                last_only: bool = False) -> Tensor:
+        """x (B, S, W). `past`: the keys and values of earlier positions x's positions also attend to
+        (a cached prefix, `keys_values`), put before x's own; `bias` then covers both. `last_only`:
+        only the last position's output, (B, 1, W)."""
         B, S, W = x.shape
-        h = self.heads
-
-        def split(y: Tensor) -> Tensor:
-            return y.view(B, S, h, W // h).transpose(1, 2)  # (B, h, S, d)
-
-        q, k, v = split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x))
+        q = self._split(self.to_q(x[:, -1:] if last_only else x))
+        k, v = self.keys_values(x)
+        if past is not None:
+            k = torch.cat([past[0].to(k.dtype), k], dim=2)
+            v = torch.cat([past[1].to(v.dtype), v], dim=2)
         out = attention(q, k, v, bias, self.dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, S, W)
+        out = out.transpose(1, 2).reshape(B, q.shape[2], W)
         return F.dropout(self.to_out(out), self.dropout, self.training)
 
 
@@ -180,8 +191,11 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = MLP(width, dropout=dropout)
 
-    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), bias)
+    def forward(self, x: Tensor, bias: Tensor | None = None, past: tuple[Tensor, Tensor] | None = None,
+                last_only: bool = False) -> Tensor:
+        """`past` and `last_only` as in SelfAttention (with `last_only` the output is (B, 1, W))."""
+        h = self.attn(self.norm1(x), bias, past, last_only)
+        x = (x[:, -1:] if last_only else x) + h
         return x + self.mlp(self.norm2(x))
 
 

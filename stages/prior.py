@@ -112,6 +112,39 @@ class PriorTransformer(nn.Module):
         text_mask = select(text_drop, null_mask, text_mask)
         return text_tokens, text_mask
 
+    @property
+    def prefix_len(self) -> int:
+        """The leading positions that see no x_t or t (the text token states and the pooled text
+        embedding): under the causal mask their states at every layer are the same at every step."""
+        return self.config.text_context + 1
+
+    def _prefix_tokens(self, text_embed: Tensor, text_tokens: Tensor | None, text_mask: Tensor | None,
+                       text_drop: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The prefix's input tokens (B, prefix_len, width), positions added, and its key bias (B, prefix_len)."""
+        c = self.config
+        B = text_embed.shape[0]
+        text_embed = self.text_embed_in(select(text_drop, self.null_text_embed, text_embed))[:, None]
+        dtype = text_embed.dtype  # the compute dtype (bfloat16 under autocast)
+        parts, key_bias = [], [torch.zeros(B, 1, device=text_embed.device)]
+        if c.text_context > 0:
+            text_tokens, text_mask = self._text_tokens(text_tokens, text_mask, text_drop, B)
+            parts.append(self.text_tokens_in(text_tokens).to(dtype))  # (B, L, width)
+            key_bias.insert(0, (~text_mask).float() * MASK_BIAS)
+        parts.append(text_embed.to(dtype))
+        h = torch.cat(parts, dim=1) + self.positional_embedding[:, : self.prefix_len].to(dtype)
+        return h, torch.cat(key_bias, dim=1)
+
+    def _suffix_tokens(self, x: Tensor, t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """The per-step tokens (B, 3, width): timestep, noised image embedding, query; positions added.
+        In `dtype`, else the compute dtype (bfloat16 under autocast)."""
+        B = x.shape[0]
+        if t.dim() == 0:
+            t = t.expand(B)
+        parts = [self.time_embed(t)[:, None], self.image_in(x)[:, None], self.query.expand(B, -1, -1)]
+        dtype = dtype or parts[1].dtype
+        h = torch.cat([p.to(dtype) for p in parts], dim=1)
+        return h + self.positional_embedding[:, self.prefix_len :].to(dtype)
+
     def encode_sequence(
         self,
         x: Tensor,
@@ -123,50 +156,78 @@ class PriorTransformer(nn.Module):
         text_drop: Tensor | None = None,
     ) -> Tensor:
         """All positions' outputs after the final LayerNorm, (B, text_context + 4, width)."""
-        c = self.config
-        B = x.shape[0]
-        if t.dim() == 0:
-            t = t.expand(B)
-        text_embed = select(text_drop, self.null_text_embed, text_embed)
-        image = self.image_in(x)[:, None]  # (B, 1, width)
-        dtype = image.dtype  # the compute dtype (bfloat16 under autocast)
-        parts = []
-        if c.text_context > 0:
-            text_tokens, text_mask = self._text_tokens(text_tokens, text_mask, text_drop, B)
-            parts.append(self.text_tokens_in(text_tokens).to(dtype))  # (B, L, width)
-        parts += [
-            self.text_embed_in(text_embed)[:, None].to(dtype),
-            self.time_embed(t)[:, None].to(dtype),
-            image,
-            self.query.to(dtype).expand(B, -1, -1),
-        ]
-        h = torch.cat(parts, dim=1) + self.positional_embedding.to(dtype)  # (B, S, width)
-
-        bias = self.causal_bias[None, None]  # (1, 1, S, S)
-        if c.text_context > 0:
-            key_bias = torch.zeros(B, self.seq_len, device=x.device)
-            key_bias[:, : c.text_context] = (~text_mask).float() * MASK_BIAS
-            bias = bias + key_bias[:, None, None, :]  # (B, 1, S, S)
+        prefix, key_bias = self._prefix_tokens(text_embed, text_tokens, text_mask, text_drop)
+        h = torch.cat([prefix, self._suffix_tokens(x, t, prefix.dtype)], dim=1)  # (B, S, width)
+        key_bias = nn.functional.pad(key_bias, (0, self.seq_len - self.prefix_len))
+        bias = self.causal_bias[None, None] + key_bias[:, None, None, :]  # (B, 1, S, S)
         for block in self.blocks:
             h = block(h, bias)
         return self.norm_out(h)
+
+    def prepare_condition(self, cond: dict) -> dict:
+        """The condition a sampler passes at every step, with the step-invariant work done once.
+
+        Returns {"prefix": (B, layers, 2, heads, prefix_len, head_dim), "prefix_bias": (B,
+        prefix_len)}: every layer's keys and values of the prefix positions (the text tokens and
+        the pooled text embedding, which the causal mask keeps from seeing x_t and t) and their
+        key bias. `forward(x, t, prefix=..., prefix_bias=...)` then runs only the three per-step
+        positions (the last layer only the query) and equals the full forward up to rounding.
+        """
+        if "prefix" in cond:
+            return dict(cond)
+        rest = {k: v for k, v in cond.items() if k not in ("text_embed", "text_tokens", "text_mask", "text_drop")}
+        if rest:
+            raise ValueError(f"unexpected prior condition keys: {sorted(rest)}")
+        h, key_bias = self._prefix_tokens(cond["text_embed"], cond.get("text_tokens"), cond.get("text_mask"),
+                                          cond.get("text_drop"))
+        bias = self.causal_bias[None, None, : self.prefix_len, : self.prefix_len] + key_bias[:, None, None, :]
+        kv = []
+        for block in self.blocks:
+            kv.append(torch.stack(block.attn.keys_values(block.norm1(h)), dim=1))  # (B, 2, heads, P, d)
+            h = block(h, bias)
+        return {"prefix": torch.stack(kv, dim=1), "prefix_bias": key_bias}
+
+    def _forward_cached(self, x: Tensor, t: Tensor, prefix: Tensor, prefix_bias: Tensor) -> Tensor:
+        B, P = x.shape[0], self.prefix_len
+        if prefix.shape[0] != B or prefix.shape[1] != len(self.blocks) or prefix.shape[-2] != P:
+            raise ValueError(f"prefix {tuple(prefix.shape)} does not match a batch of {B} for this prior "
+                             f"({len(self.blocks)} layers, {P} prefix positions): use prepare_condition")
+        h = self._suffix_tokens(x, t)
+        n = h.shape[1]
+        bias = torch.cat([prefix_bias[:, None, None, :].expand(B, 1, n, P),
+                          self.causal_bias[None, None, P:, P:].expand(B, 1, n, n)], dim=-1)  # (B, 1, n, P + n)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            past = (prefix[:, i, 0], prefix[:, i, 1])
+            h = block(h, bias[:, :, -1:] if i == last else bias, past, last_only=i == last)
+        return self.proj_out(self.norm_out(h)[:, -1])
 
     def forward(
         self,
         x: Tensor,
         t: Tensor,
         *,
-        text_embed: Tensor,
+        text_embed: Tensor | None = None,
         text_tokens: Tensor | None = None,
         text_mask: Tensor | None = None,
         text_drop: Tensor | None = None,
+        prefix: Tensor | None = None,
+        prefix_bias: Tensor | None = None,
     ) -> Tensor:
         """x: (B, embed_dim) noised image embedding; t: (B,) in [0, 1000). Returns (B, embed_dim).
 
         text_embed: (B, embed_dim); text_tokens: (B, L <= text_context, text_width), needed
         when text_context > 0 (ignored otherwise); text_mask: (B, L) bool, True = real token;
-        text_drop: (B,) bool, True = use the learned null text instead.
+        text_drop: (B,) bool, True = use the learned null text instead. Or, in place of the four,
+        `prefix` and `prefix_bias` from `prepare_condition` (what samplers pass: the same result
+        for a fraction of the work).
         """
+        if prefix is not None:
+            if prefix_bias is None or any(v is not None for v in (text_embed, text_tokens, text_mask, text_drop)):
+                raise ValueError("pass either the text inputs or prefix and prefix_bias (prepare_condition), not both")
+            return self._forward_cached(x, t, prefix, prefix_bias)
+        if text_embed is None:
+            raise ValueError("the prior needs text_embed (or a prepared prefix)")
         h = self.encode_sequence(
             x, t, text_embed=text_embed, text_tokens=text_tokens, text_mask=text_mask, text_drop=text_drop
         )

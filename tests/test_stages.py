@@ -175,6 +175,32 @@ def test_prior_clip_stats_and_no_token_variant():
         assert torch.isfinite(run(prior, inputs)).all()
 
 
+@pytest.mark.parametrize("text_context", [CONTEXT, 0])
+def test_prior_prepared_prefix_equals_the_full_forward(text_context):
+    """Samplers pass `prepare_condition`'s cached text prefix: the same prediction (fp32 up to
+    rounding, bf16 within its precision) for every timestep, text drop and padding mask."""
+    prior = perturbed(PriorTransformer(from_dict(PriorConfig, dict(TINY_PRIOR, text_context=text_context)))).eval()
+    inputs = prior_inputs()
+    if not text_context:
+        del inputs["text_tokens"], inputs["text_mask"]
+    x, t = inputs.pop("x"), inputs.pop("t")
+    inputs["text_drop"] = torch.tensor([False, True, False])
+    for bf16 in (False, True):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            cond = prior.prepare_condition(inputs)
+            assert cond["prefix"].shape == (B, 2, 2, 4, text_context + 1, 8)
+            assert prior.prepare_condition(cond).keys() == cond.keys()  # preparing twice changes nothing
+            for step in (t, t.flip(0), torch.zeros(B)):
+                full, fast = prior(x, step, **inputs).float(), prior(x, step, **cond).float()
+                tol = 2e-2 * full.abs().amax().item() if bf16 else 1e-5
+                torch.testing.assert_close(fast, full, rtol=0, atol=tol)
+    assert (prior(x + 1.0, t, **cond) - prior(x, t, **cond)).abs().amax() > 1e-3
+    with pytest.raises(ValueError, match="not both"):
+        prior(x, t, **cond, text_embed=inputs["text_embed"])
+    with pytest.raises(ValueError, match="prepare_condition"):
+        prior(x[:2], t[:2], **cond)
+
+
 # ---------------------------------------------------------------- decoder
 
 
@@ -296,8 +322,10 @@ def test_unet_inference_path_equals_the_training_path(norm, batch):
     result must be the autograd path's (fp32 exactly up to rounding; bf16 within its precision)."""
     sr = perturbed(SuperRes(from_dict(SuperResConfig, dict(TINY_UNET, norm=norm, patch_size=2)))).eval()
     sr = sr.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, 16, 16).contiguous(memory_format=torch.channels_last)
-    lowres, t, aug = torch.randn_like(x), torch.tensor([30.0, 700.0][:batch]), torch.tensor([0.0, 0.2][:batch])
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+    lowres = torch.randn(x.shape, generator=g).contiguous(memory_format=torch.channels_last)
+    t, aug = torch.tensor([30.0, 700.0][:batch]), torch.tensor([0.0, 0.2][:batch])
     for bf16 in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             with torch.enable_grad():
@@ -305,8 +333,13 @@ def test_unet_inference_path_equals_the_training_path(norm, batch):
             with torch.inference_mode():
                 fast = sr(x, t, lowres=lowres, aug_level=aug)
         assert slow.requires_grad and not fast.requires_grad
-        tol = 2e-2 * slow.abs().amax().item() if bf16 else 1e-5
+        # bf16: the two paths round in a different order, so single pixels may differ by a few
+        # bf16 steps (unseeded, 1 run in 8 reached 2-3% of the largest output); on average they agree.
+        scale = slow.abs().amax().item()
+        tol = 5e-2 * scale if bf16 else 1e-5
         torch.testing.assert_close(fast.float(), slow.detach().float(), rtol=0, atol=tol)
+        if bf16:
+            assert (fast.float() - slow.detach().float()).abs().mean() < 5e-3 * scale
 
 
 def test_karlo_style_superres_has_no_aug_embedding():
