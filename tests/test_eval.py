@@ -177,6 +177,10 @@ def test_perfect_generator_scores_100(micro_pipe, tmp_path):
         for split, v in acc.items():
             assert v["full"] == 1.0, (size, split, v)
         assert data["variations"]["sizes"][size]["accuracy"]["all"]["full"] == 1.0
+    # the oracle's variation is the source: no distance at the source's size, a little (resampling) above it
+    distance = {size: data["variations"]["sizes"][size]["pixel_distance_to_source"] for size in ("64", "256")}
+    source = str(data["variations"]["source_size"])
+    assert distance[source] == 0.0 and all(0 <= d < 8 for d in distance.values()), distance
     assert data["judge"]["64"]["cmmd_biased"] >= 0
     items = data["judge"]["64"]["items"]             # per prompt, in order, for paired comparisons
     assert items["full"] == [1] * 7 and sorted(items["split"]) == sorted(

@@ -295,10 +295,13 @@ def summarise(stats: Mapping[int, SizeStats], refs: Optional[References]) -> dic
 # ---------------------------------------------------------------------------- variations
 def variation_suite(vary: Vary, scenes: Sequence[Scene], *, seed: int, batch_size: int, source_size: int,
                     clip: Any = None, progress: Optional[Progress] = None) -> dict[str, dict]:
-    """Judge each variation of a true render against the render's scene, per output size; with
-    `clip`, also the CLIP image cosine between each variation and its source."""
+    """Judge each variation of a true render against the render's scene, per output size; also how
+    far each variation lies from its source (mean absolute pixel difference, in 8-bit levels, from
+    the true render at the variation's size: 0 for a copy), and with `clip` the CLIP image cosine
+    between each variation and its source."""
     stats: dict[int, SizeStats] = {}
     cosines: dict[int, list[float]] = {}
+    distances: dict[int, list[float]] = {}
     for b, start in enumerate(range(0, len(scenes), batch_size)):
         chunk = list(scenes[start:start + batch_size])
         source = render_tensor(chunk, source_size)
@@ -308,6 +311,9 @@ def variation_suite(vary: Vary, scenes: Sequence[Scene], *, seed: int, batch_siz
             st = stats.setdefault(size, SizeStats())
             st.scores += [("single_in" if len(s.objects) == 1 else "two_object", sc)
                           for s, sc in zip(chunk, judge_images(outputs[size], chunk))]
+            reference = source if size == source_size else render_tensor(chunk, size)
+            distances.setdefault(size, []).extend(
+                ((outputs[size].float() - reference).abs().mean(dim=(1, 2, 3)) * 127.5).tolist())
             if src_feats is not None:
                 feats = clip_image_features(clip, outputs[size])
                 cosines.setdefault(size, []).extend((feats * src_feats).sum(1).tolist())
@@ -315,7 +321,8 @@ def variation_suite(vary: Vary, scenes: Sequence[Scene], *, seed: int, batch_siz
             progress.step(len(chunk), "variations")
     out = {}
     for size in sorted(stats):
-        entry: dict[str, Any] = {"accuracy": accuracy_by_split(stats[size].scores)}
+        entry: dict[str, Any] = {"accuracy": accuracy_by_split(stats[size].scores),
+                                 "pixel_distance_to_source": float(np.mean(distances[size]))}
         if size in cosines:
             entry["clip_cosine_to_source"] = float(np.mean(cosines[size]))
         out[str(size)] = entry

@@ -92,6 +92,9 @@ def _variations(v: dict) -> list[str]:
         acc = entry["accuracy"]
         attrs = _attrs(acc)
         out += [f"### {size}×{size}", "", *_table(["objects", "n", *attrs], _accuracy_rows(acc, attrs)), ""]
+        if "pixel_distance_to_source" in entry:
+            out += [f"Mean absolute difference from the source render: {entry['pixel_distance_to_source']:.1f} / 255 "
+                    "(0 = a copy).", ""]
         if "clip_cosine_to_source" in entry:
             out += [f"CLIP image cosine to the source: {_num(entry['clip_cosine_to_source'])}", ""]
     return out
