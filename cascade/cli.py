@@ -111,6 +111,19 @@ def _check_out_png(out: str) -> Path:
     return path
 
 
+def shapeworld_notes(prompts: Sequence[str]) -> list[str]:
+    """The shipped model draws ShapeWorld scenes only: a note for each prompt that names none of
+    its shapes (a user typing "a photo of a cat" otherwise gets a shape and no word why)."""
+    import re
+
+    from .data.shapeworld import SHAPES
+
+    return [f"note: {p!r} names none of ShapeWorld's shapes ({', '.join(SHAPES)}): the shipped model was trained "
+            "on ShapeWorld captions only, e.g. \"a large red circle in the center on a white background\" "
+            "(--model DIR for another model)"
+            for p in prompts if p.strip() and not set(re.findall(r"[a-z]+", p.lower())) & set(SHAPES)]
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     prompts = list(args.prompts)
     if args.prompts_file:
@@ -125,6 +138,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     single_file = len(prompts) == 1 and args.n == 1 and args.out.lower().endswith(".png")
     if not single_file and args.out.lower().endswith(".png"):
         raise CliError(f"--out {args.out}: several images are written to a folder, not one .png file")
+    if args.model is None:
+        for note in shapeworld_notes(prompts):
+            print(note, file=sys.stderr)
     pipe = _load(args)
     images = pipe(prompts, args.n, **_sampling_kwargs(args))
     if single_file:

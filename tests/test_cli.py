@@ -62,6 +62,12 @@ def test_generate_bad_options(micro_dir, tmp_path, capsys, args, message):
     assert not (tmp_path / "x").exists()
 
 
+def test_generate_with_a_model_gives_no_shapeworld_note(micro_dir, tmp_path, capsys):
+    code, _, err = run(capsys, "generate", "a photo of a cat", "--model", micro_dir, "--size", "64",
+                       "--out", tmp_path / "cat.png", "--quiet", "--steps", "1")
+    assert code == 0 and "note:" not in err, err
+
+
 def test_generate_without_model_and_bad_model(tmp_path, capsys):
     code, _, err = run(capsys, "generate", "a", "--model", tmp_path / "none", "--out", tmp_path / "x")
     assert code == 2 and "not found" in err

@@ -103,8 +103,19 @@ def test_cli_generate_uses_the_shipped_model_at_1024(tmp_path, capsys):
     reads as the prompt's colour and background."""
     prompt = "a large red circle in the center on a white background"
     out = tmp_path / "circle.png"
-    assert main(["generate", prompt, "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    assert main(["generate", prompt, "--out", str(out), "--quiet"]) == 0
+    assert "note:" not in capsys.readouterr().err  # a ShapeWorld caption: no note
     image = Image.open(out)
     assert image.size == (1024, 1024) and image.mode == "RGB"
     result = score(judge(image), parse_caption(prompt))
     assert result["background"] and result["colour"], result
+
+
+def test_cli_notes_prompts_outside_shapeworld(tmp_path, capsys):
+    """The shipped model draws ShapeWorld only: a prompt naming none of its shapes gets a note (and
+    an image); with --model the note is not given."""
+    args = ["--size", "64", "--steps", "1", "--candidates", "1", "--quiet"]
+    assert main(["generate", "a photo of a cat", "a red circle", "--out", str(tmp_path / "o"), *args]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1 and "'a photo of a cat' names none of ShapeWorld's shapes" in err, err
+    assert len(list((tmp_path / "o").iterdir())) == 2
