@@ -143,11 +143,25 @@ class Decoder(nn.Module):
         states = self.text_encoder(text_ids, mask)  # (B, text_context, text_width)
         return self.text_to_emb(states[:, -1]), self.text_tokens_proj(states)
 
-    def forward(
+    def prepare_condition(self, cond: dict) -> dict:
+        """The condition a sampler passes at every step, with the step-invariant work done once:
+        {"cond_emb": (B, emb_dim), "context": (B, Lc, context_dim), "context_mask": (B, Lc) bool
+        or None} — the embedding added to the timestep's and the tokens attention sees (the image
+        tokens, the text tokens through the adapter). `forward(x, t, **prepared)` equals
+        `forward(x, t, **cond)`; on the shipped decoder it saves ~6% of an evaluation."""
+        if "cond_emb" in cond:
+            return dict(cond)
+        names = ("image_embed", "text_embed", "text_tokens", "text_ids", "text_mask", "image_drop", "text_drop")
+        unknown = sorted(set(cond) - set(names))
+        if unknown:
+            raise ValueError(f"unexpected decoder condition keys: {unknown}")
+        if "image_embed" not in cond:
+            raise ValueError("the decoder needs image_embed")
+        emb, context, context_mask = self._condition(**cond)
+        return {"cond_emb": emb, "context": context, "context_mask": context_mask}
+
+    def _condition(
         self,
-        x: Tensor,
-        t: Tensor,
-        *,
         image_embed: Tensor,
         text_embed: Tensor | None = None,
         text_tokens: Tensor | None = None,
@@ -155,16 +169,10 @@ class Decoder(nn.Module):
         text_mask: Tensor | None = None,
         image_drop: Tensor | None = None,
         text_drop: Tensor | None = None,
-    ) -> Tensor:
-        """x: (B, in_channels, H, W) noised image; t: (B,) in [0, 1000). Returns (B, out_channels, H, W).
-
-        image_embed: (B, embed_dim). "clip": text_embed (B, embed_dim), text_tokens (B, L,
-        text_width), text_mask (B, L) bool (True = real token). "own": text_ids (B, L) long,
-        text_mask optional (default: ids != 0, open_clip's padding). Text arguments that the
-        configured text_source does not use are ignored. image_drop / text_drop: (B,) bool.
-        """
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(the conditioning embedding, the context tokens, their mask or None)."""
         c = self.config
-        B = x.shape[0]
+        B = image_embed.shape[0]
         image_embed = select(image_drop, self.null_image_embed, image_embed)
         emb = self.image_to_emb(image_embed)
         # (B, n * C) -> (B, C, n) -> (B, n, C): the layout of diffusers' UnCLIPTextProjModel
@@ -179,4 +187,42 @@ class Decoder(nn.Module):
             text_emb, tokens = self._own_text(text_ids, text_mask, text_drop)
             emb = emb + text_emb
             context = torch.cat([context, tokens], dim=1)
+        return emb, context, context_mask
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        *,
+        image_embed: Tensor | None = None,
+        text_embed: Tensor | None = None,
+        text_tokens: Tensor | None = None,
+        text_ids: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        image_drop: Tensor | None = None,
+        text_drop: Tensor | None = None,
+        cond_emb: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        """x: (B, in_channels, H, W) noised image; t: (B,) in [0, 1000). Returns (B, out_channels, H, W).
+
+        image_embed: (B, embed_dim). "clip": text_embed (B, embed_dim), text_tokens (B, L,
+        text_width), text_mask (B, L) bool (True = real token). "own": text_ids (B, L) long,
+        text_mask optional (default: ids != 0, open_clip's padding). Text arguments that the
+        configured text_source does not use are ignored. image_drop / text_drop: (B,) bool.
+        Or, in place of all of them, `cond_emb`, `context` and `context_mask` from
+        `prepare_condition` (what samplers pass).
+        """
+        if cond_emb is not None:
+            given = (image_embed, text_embed, text_tokens, text_ids, text_mask, image_drop, text_drop)
+            if context is None or any(v is not None for v in given):
+                raise ValueError("pass either the condition inputs or cond_emb and context (prepare_condition), not both")
+            if cond_emb.shape[0] != x.shape[0]:
+                raise ValueError(f"cond_emb has {cond_emb.shape[0]} rows for a batch of {x.shape[0]}")
+            return self.unet(x, t, emb=cond_emb, context=context, context_mask=context_mask)
+        if image_embed is None:
+            raise ValueError("the decoder needs image_embed (or a prepared condition)")
+        emb, context, context_mask = self._condition(image_embed, text_embed, text_tokens, text_ids, text_mask,
+                                                     image_drop, text_drop)
         return self.unet(x, t, emb=emb, context=context, context_mask=context_mask)

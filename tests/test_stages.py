@@ -290,6 +290,30 @@ def test_decoder_refuses_missing_text_and_bad_sizes():
         run(decoder, dict(inputs, x=torch.randn(B, 3, 15, 16)))
 
 
+@pytest.mark.parametrize("text_source", ["clip", "own", "none"])
+def test_decoder_prepared_condition_equals_the_full_forward(text_source):
+    """Samplers pass `prepare_condition`'s context and conditioning embedding, computed once: the
+    same prediction as from the raw condition (fp32 up to rounding), drops and masks included."""
+    config = dict(TINY_DECODER, text_source=text_source, text_adapter_layers=1 if text_source == "clip" else 0)
+    decoder = perturbed(Decoder(from_dict(DecoderConfig, config))).eval()
+    inputs = decoder_inputs()
+    x, t = inputs.pop("x"), inputs.pop("t")
+    inputs.update(image_drop=torch.tensor([False, True, False]), text_drop=torch.tensor([False, False, True]))
+    with torch.no_grad():
+        cond = decoder.prepare_condition(inputs)
+        assert set(cond) == {"cond_emb", "context", "context_mask"}
+        assert (cond["context_mask"] is None) == (text_source != "clip")
+        assert decoder.prepare_condition(cond).keys() == cond.keys()
+        for step in (t, t.flip(0)):
+            torch.testing.assert_close(decoder(x, step, **cond), decoder(x, step, **inputs), rtol=0, atol=1e-5)
+        with pytest.raises(ValueError, match="not both"):
+            decoder(x, t, **cond, image_embed=inputs["image_embed"])
+        with pytest.raises(ValueError, match="rows"):
+            decoder(x[:2], t[:2], **cond)
+        with pytest.raises(ValueError, match="unexpected"):
+            decoder.prepare_condition(dict(inputs, lowres=x))
+
+
 # ---------------------------------------------------------------- super-resolution
 
 
