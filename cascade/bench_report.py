@@ -263,12 +263,14 @@ METHOD = [
     "cascade's UNets pixel-unshuffle their input by the config's `patch_size`; the peers cannot, so they get "
     "the unshuffled input (and shuffle their output back) inside the timed call, and run at the same internal "
     "resolution with the same input/output channels.", "",
-    "cascade's prior is timed as its sampler runs it (since session 15): under the causal mask the text "
-    "positions never see x_t or t, so `prepare_condition` computes their keys and values at every layer once per "
-    "prompt, and each step evaluates only the three per-step positions (the last layer only the query); one "
-    "timed call is a sampling run of the shipped step count (16), and its time and FLOPs are divided by it (the "
-    "prefix's cost amortised). The peers' priors evaluate the whole sequence at every step, as their samplers "
-    "do. Before session 15 cascade's prior did too.", "",
+    "cascade's prior and decoder are timed as their samplers run them (since session 15): `prepare_condition` "
+    "does once per sampling run what every step would repeat — the prior's text positions never see x_t or t "
+    "under its causal mask, so their keys and values at every layer are computed once and each step evaluates "
+    "only the three per-step positions (the last layer only the query); the decoder computes its conditioning "
+    "embedding and context tokens (text adapter included) once. One timed call is that preparation and then "
+    "min(steps, 16) evaluations (prior 16, decoder 16 of its 50: conservative), and its time and FLOPs are "
+    "divided by the evaluations. The peers evaluate their whole network at every step, as their samplers do; "
+    "before session 15 cascade did too.", "",
     "- **diffusers** `PriorTransformer` as Karlo's prior: cascade's depth, heads and width. It reads token states "
     "`embedding_dim` wide (cascade: `text_width`), hence a few thousand parameters more.",
     "- **diffusers** decoder: `UnCLIPTextProjModel` + `UNet2DConditionModel` as Karlo's (SimpleCrossAttn blocks where "
