@@ -187,7 +187,7 @@ class Stage(nn.Module):
 
     def prepare_condition(self, cond: Optional[Cond]) -> Optional[Cond]:
         """`cond` with the work that is the same at every sampling step done once, where the network
-        can (the prior's text prefix: `PriorTransformer.prepare_condition`); else `cond` itself."""
+        can (the prior's text prefix, the decoder's context: their `prepare_condition`); else `cond` itself."""
         prepare = getattr(self.network, "prepare_condition", None)
         return cond if cond is None or prepare is None else prepare(cond)
 

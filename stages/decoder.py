@@ -220,9 +220,9 @@ class Decoder(nn.Module):
                 raise ValueError("pass either the condition inputs or cond_emb and context (prepare_condition), not both")
             if cond_emb.shape[0] != x.shape[0]:
                 raise ValueError(f"cond_emb has {cond_emb.shape[0]} rows for a batch of {x.shape[0]}")
-            return self.unet(x, t, emb=cond_emb, context=context, context_mask=context_mask)
-        if image_embed is None:
+        elif image_embed is None:
             raise ValueError("the decoder needs image_embed (or a prepared condition)")
-        emb, context, context_mask = self._condition(image_embed, text_embed, text_tokens, text_ids, text_mask,
-                                                     image_drop, text_drop)
-        return self.unet(x, t, emb=emb, context=context, context_mask=context_mask)
+        else:
+            cond_emb, context, context_mask = self._condition(image_embed, text_embed, text_tokens, text_ids,
+                                                              text_mask, image_drop, text_drop)
+        return self.unet(x, t, emb=cond_emb, context=context, context_mask=context_mask)

@@ -182,9 +182,10 @@ class PriorTransformer(nn.Module):
                                           cond.get("text_drop"))
         bias = self.causal_bias[None, None, : self.prefix_len, : self.prefix_len] + key_bias[:, None, None, :]
         kv = []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             kv.append(torch.stack(block.attn.keys_values(block.norm1(h)), dim=1))  # (B, 2, heads, P, d)
-            h = block(h, bias)
+            if i < len(self.blocks) - 1:  # the last block's output is never read: only its keys and values
+                h = block(h, bias)
         return {"prefix": torch.stack(kv, dim=1), "prefix_bias": key_bias}
 
     def _forward_cached(self, x: Tensor, t: Tensor, prefix: Tensor, prefix_bias: Tensor) -> Tensor:
