@@ -260,11 +260,50 @@ def _meta_params(cls: type, kwargs: dict[str, Any], drop_mid_attn: bool = False)
     return count_parameters(net)
 
 
+def is_uniform_layout(cfg: dict[str, Any]) -> bool:
+    """Whether a cascade UNet config has the peers' layout: one block count for every level and
+    BigGAN upsampling blocks (not the efficient layout's per-level counts and sub-pixel upsampling)."""
+    return isinstance(cfg["num_res_blocks"], int) and not cfg.get("subpixel_upsample", False)
+
+
+def uniform_layout(cfg: dict[str, Any]) -> dict[str, Any]:
+    """cascade's config in the peers' (Karlo's) uniform layout: the same levels and width ratios,
+    the mean block count per level (at least 1) everywhere, BigGAN resampling blocks."""
+    if is_uniform_layout(cfg):
+        return cfg
+    counts = cfg["num_res_blocks"]
+    n = counts if isinstance(counts, int) else max(1, round(sum(counts) / len(counts)))
+    return dict(cfg, num_res_blocks=n, subpixel_upsample=False, resblock_updown=True)
+
+
+def _fit_width(params_at: Any, start: int, target: int, step: int = 4) -> int:
+    """The multiple of `step` near `start * sqrt(target / params_at(start))` whose count is closest to target."""
+    guess = start * math.sqrt(target / params_at(start))
+    candidates = sorted({max(2 * step, step * int(guess // step) + k * step) for k in (-1, 0, 1, 2)})
+    return min(candidates, key=lambda w: abs(params_at(w) - target))
+
+
 def fit_peer_config(peer: str, kind: str, cfg: dict[str, Any], target: int | None) -> dict[str, Any]:
     """The peer's constructor arguments at cascade's size; DALLE2-pytorch's knob (ff_mult for the
-    prior, the base width for the UNets) set to bring its parameter count closest to `target`."""
+    prior, the base width for the UNets) set to bring its parameter count closest to `target`.
+
+    A cascade UNet in the efficient layout (per-level block counts, sub-pixel upsampling) has no
+    block-for-block counterpart in the peers: they get Karlo's uniform layout (`uniform_layout`)
+    with their base width set so that their parameter count matches cascade's."""
+    if kind != "prior":
+        mirror = is_uniform_layout(cfg)
+        cfg = uniform_layout(cfg)
     if peer == "diffusers":
-        return diffusers_prior(cfg) if kind == "prior" else diffusers_unet(kind, cfg)
+        if kind == "prior":
+            return diffusers_prior(cfg)
+        if mirror or target is None:
+            return diffusers_unet(kind, cfg)
+        from diffusers import UNet2DConditionModel, UNet2DModel
+
+        cls = UNet2DConditionModel if kind == "decoder" else UNet2DModel
+        width = _fit_width(lambda w: _meta_params(cls, diffusers_unet(kind, dict(cfg, model_channels=w))),
+                           cfg["model_channels"], target, step=2)  # GroupNorm takes any group count dividing it
+        return diffusers_unet(kind, dict(cfg, model_channels=width))
     if kind == "prior":
         from dalle2_pytorch import DiffusionPriorNetwork
 
@@ -281,11 +320,8 @@ def fit_peer_config(peer: str, kind: str, cfg: dict[str, Any], target: int | Non
 
     if target is None:
         return dalle2_unet(kind, cfg)
-    mc = cfg["model_channels"]
-    n0 = _meta_params(Unet, dalle2_unet(kind, cfg, mc), kind == "sr")
-    guess = mc * math.sqrt(target / n0)
-    candidates = sorted({max(8, 4 * int(guess // 4) + k) for k in (-4, 0, 4, 8)})
-    best = min(candidates, key=lambda d: abs(_meta_params(Unet, dalle2_unet(kind, cfg, d), kind == "sr") - target))
+    best = _fit_width(lambda d: _meta_params(Unet, dalle2_unet(kind, cfg, d), kind == "sr"), cfg["model_channels"],
+                      target)
     return dalle2_unet(kind, cfg, best)
 
 
@@ -323,7 +359,7 @@ def _build_peer(peer: str, kind: str, cfg: dict[str, Any], batch: int, kwargs: d
 
             E = cfg["embed_dim"]
             text_proj = UnCLIPTextProjModel(clip_extra_context_tokens=cfg["num_image_tokens"], clip_embeddings_dim=E,
-                                            time_embed_dim=cfg.get("emb_mult", 4) * cfg["model_channels"],
+                                            time_embed_dim=kwargs["time_embedding_dim"],
                                             cross_attention_dim=cfg["context_dim"])
             unet = UNet2DConditionModel(**kwargs)
             net = nn.ModuleDict({"text_proj": text_proj, "unet": unet})

@@ -18,7 +18,7 @@ class SuperResConfig(UNetConfig):
 
     image_size: int = 256  # nominal output size (only places attention_resolutions)
     model_channels: int = 128
-    num_res_blocks: int = 2
+    num_res_blocks: int | tuple[int, ...] = 2
     attention_resolutions: tuple[int, ...] = ()  # no attention at high resolution (DALL-E 2 App. C)
     mid_attention: bool = False
     aug_level_conditioning: bool = True  # embed the noise-augmentation level and add it to the time embedding

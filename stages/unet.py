@@ -7,6 +7,11 @@ optional pixel-(un)shuffle patching. Module layout mirrors diffusers' UNet2DCond
 UNet2DModel block for block (down levels of `num_res_blocks` blocks plus a downsampling
 block, a middle block, up levels of `num_res_blocks + 1` blocks plus an upsampling block),
 so a diffusers or guided-diffusion checkpoint maps onto it by renaming keys.
+
+The efficient layout (the idea of Imagen's Efficient U-Net, Saharia et al. 2022, appendix: weights
+moved from the high-resolution levels to the low ones, convolutions done before upsampling) is two options:
+per-level `num_res_blocks` (0 at the top level leaves it the input convolution and one up
+block) and `subpixel_upsample`.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class UNetConfig:
     patch_size: int = 1  # pixel-unshuffle the input by this factor (and shuffle the output back)
     model_channels: int = 192  # width of the first level
     channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # width of each level, in units of model_channels
-    num_res_blocks: int = 3  # residual blocks per down level (up levels get one more)
+    num_res_blocks: int | tuple[int, ...] = 3  # blocks per down level (or per level); up levels: one more
     attention_resolutions: tuple[int, ...] = (32, 16, 8)  # feature-map sizes (at image_size) with attention
     mid_attention: bool = True  # attention in the middle block
     head_dim: int = 64  # channels per attention head
@@ -41,13 +46,20 @@ class UNetConfig:
     norm_eps: float = 1e-5
     scale_shift_norm: bool = True  # AdaGN: norm(h) * (1 + scale) + shift; False: h + emb before the norm
     resblock_updown: bool = True  # BigGAN-style resampling residual blocks; False: strided / upsampling convs
+    subpixel_upsample: bool = False  # upsample by a 3x3 conv at the low resolution + pixel shuffle (see SubpixelUpsample)
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.channel_mult:
             raise ValueError("channel_mult must name at least one level")
-        if self.patch_size < 1 or self.model_channels < 1 or self.num_res_blocks < 1:
-            raise ValueError("patch_size, model_channels and num_res_blocks must be positive")
+        if self.patch_size < 1 or self.model_channels < 1:
+            raise ValueError("patch_size and model_channels must be positive")
+        if isinstance(self.num_res_blocks, tuple) and len(self.num_res_blocks) != len(self.channel_mult):
+            raise ValueError(f"num_res_blocks names {len(self.num_res_blocks)} levels, channel_mult "
+                             f"{len(self.channel_mult)}")
+        counts = [self.blocks(level) for level in range(len(self.channel_mult))]
+        if min(counts) < 0 or max(counts) < 1:
+            raise ValueError(f"num_res_blocks {self.num_res_blocks}: counts must be >= 0, one at least positive")
         for mult in self.channel_mult:
             ch = mult * self.model_channels
             if self.attention_resolutions or self.mid_attention:
@@ -55,6 +67,11 @@ class UNetConfig:
                     raise ValueError(f"level width {ch} is not divisible by head_dim {self.head_dim}")
             if self.norm == "group" and ch % self.norm_groups:
                 raise ValueError(f"level width {ch} is not divisible by norm_groups {self.norm_groups}")
+
+    def blocks(self, level: int) -> int:
+        """Residual blocks of down level `level` (its up level has one more)."""
+        n = self.num_res_blocks
+        return n[level] if isinstance(n, tuple) else n
 
     @property
     def emb_dim(self) -> int:
@@ -89,6 +106,23 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class SubpixelUpsample(nn.Module):
+    """3x3 convolution at the low resolution to 4x the channels, then pixel shuffle (Shi et al. 2016).
+
+    The upsampling block of a `subpixel_upsample` UNet: it outputs the next (higher-resolution)
+    level's width. Against the BigGAN upsampling ResBlock (two 3x3 convolutions at the high
+    resolution) it has about as many weights when that width is half the level's, and a quarter
+    of the multiply-adds. Imagen's Efficient U-Net likewise convolves before it upsamples.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4 * out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return F.pixel_shuffle(self.conv(x), 2)
 
 
 class ResBlock(nn.Module):
@@ -214,14 +248,12 @@ class DownLevel(nn.Module):
     """num_res_blocks x (ResBlock [+ attention]), then an optional downsampling block."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, config: UNetConfig, attn: bool,
-                 context_dim: int | None, downsample: bool):
+                 context_dim: int | None, downsample: bool, blocks: int):
         super().__init__()
         self.res = nn.ModuleList(
-            ResBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, config) for i in range(config.num_res_blocks)
+            ResBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, config) for i in range(blocks)
         )
-        self.attn = nn.ModuleList(
-            AttentionBlock(out_ch, config, context_dim) for _ in range(config.num_res_blocks if attn else 0)
-        )
+        self.attn = nn.ModuleList(AttentionBlock(out_ch, config, context_dim) for _ in range(blocks if attn else 0))
         self.downsample = None
         if downsample:
             self.downsample = (
@@ -234,14 +266,16 @@ class UpLevel(nn.Module):
     """(num_res_blocks + 1) x (concat skip, ResBlock [+ attention]), then an optional upsampling block."""
 
     def __init__(self, in_ch: int, out_ch: int, skip_chs: list[int], emb_dim: int, config: UNetConfig,
-                 attn: bool, context_dim: int | None, upsample: bool):
+                 attn: bool, context_dim: int | None, upsample_to: int | None):
         super().__init__()
         self.res = nn.ModuleList(
             ResBlock((in_ch if i == 0 else out_ch) + skip, out_ch, emb_dim, config) for i, skip in enumerate(skip_chs)
         )
         self.attn = nn.ModuleList(AttentionBlock(out_ch, config, context_dim) for _ in (skip_chs if attn else ()))
-        self.upsample = None
-        if upsample:
+        self.upsample: nn.Module | None = None
+        if upsample_to is not None and config.subpixel_upsample:
+            self.upsample = SubpixelUpsample(out_ch, upsample_to)
+        elif upsample_to is not None:
             self.upsample = (
                 ResBlock(out_ch, out_ch, emb_dim, config, resample="up") if config.resblock_updown
                 else Upsample(out_ch)
@@ -283,8 +317,9 @@ class UNet(nn.Module):
             in_ch = chs[level - 1] if level else chs[0]
             last = level == n_levels - 1
             attn = c.level_resolution(level) in c.attention_resolutions
-            self.down.append(DownLevel(in_ch, ch, emb_dim, c, attn, context_dim, downsample=not last))
-            skip_chs += [ch] * (c.num_res_blocks + (0 if last else 1))
+            self.down.append(DownLevel(in_ch, ch, emb_dim, c, attn, context_dim, downsample=not last,
+                                       blocks=c.blocks(level)))
+            skip_chs += [ch] * (c.blocks(level) + (0 if last else 1))
 
         self.mid = MidBlock(chs[-1], emb_dim, c, context_dim)
 
@@ -292,10 +327,11 @@ class UNet(nn.Module):
         prev = chs[-1]
         for level in reversed(range(n_levels)):
             ch = chs[level]
-            level_skips = [skip_chs.pop() for _ in range(c.num_res_blocks + 1)]
+            level_skips = [skip_chs.pop() for _ in range(c.blocks(level) + 1)]
             attn = c.level_resolution(level) in c.attention_resolutions
-            self.up.append(UpLevel(prev, ch, level_skips, emb_dim, c, attn, context_dim, upsample=level > 0))
-            prev = ch
+            up_to = None if level == 0 else chs[level - 1] if c.subpixel_upsample else ch
+            self.up.append(UpLevel(prev, ch, level_skips, emb_dim, c, attn, context_dim, upsample_to=up_to))
+            prev = ch if up_to is None else up_to
 
         self.norm_out = make_norm(c.norm, chs[0], c.norm_groups, c.norm_eps)
         self.conv_out = zero_module(nn.Conv2d(chs[0], c.out_channels * p * p, 3, padding=1))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cascade.config import ConfigError, from_dict, load_toml, to_dict
+from stages.unet import ResBlock
 from stages import (
     NETWORKS,
     Decoder,
@@ -105,6 +106,7 @@ def test_registry_names_every_network():
     (PriorConfig, TINY_PRIOR),
     (DecoderConfig, dict(TINY_DECODER, text_source="own", patch_size=2, norm="layer")),
     (SuperResConfig, dict(TINY_UNET, aug_level_conditioning=False, attention_resolutions=(64,))),
+    (SuperResConfig, dict(TINY_UNET, num_res_blocks=(0, 2), subpixel_upsample=True)),
 ])
 def test_config_round_trip(cls, data):
     config = from_dict(cls, data)
@@ -125,6 +127,10 @@ def test_bad_config_values_are_refused():
         from_dict(SuperResConfig, {"norm": "batch"})
     with pytest.raises(ConfigError, match="heads"):
         from_dict(PriorConfig, {"width": 30, "heads": 4})
+    with pytest.raises(ConfigError, match="num_res_blocks names 3 levels, channel_mult 2"):
+        from_dict(SuperResConfig, dict(TINY_UNET, num_res_blocks=[1, 1, 1]))
+    with pytest.raises(ConfigError, match="num_res_blocks"):
+        from_dict(SuperResConfig, dict(TINY_UNET, num_res_blocks=[0, 0]))
 
 
 # ---------------------------------------------------------------- prior
@@ -340,11 +346,40 @@ def test_superres_layer_norm_and_patches_on_crops():
         sr(torch.randn(1, 3, 8, 8), torch.tensor([5.0]), lowres=torch.randn(1, 3, 4, 4))
 
 
-@pytest.mark.parametrize("norm, batch", [("layer", 1), ("layer", 2), ("group", 1)])
-def test_unet_inference_path_equals_the_training_path(norm, batch):
+def test_efficient_layout_moves_work_to_low_resolution():
+    """Per-level block counts (0 at the top level) and sub-pixel upsampling: the same function
+    class on any crop, about as many weights as the default layout and far fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    wide = dict(TINY_UNET, channel_mult=(1, 2, 2), norm="layer", patch_size=2)
+    plain = SuperRes(from_dict(SuperResConfig, wide))
+    efficient = perturbed(SuperRes(from_dict(SuperResConfig, dict(wide, num_res_blocks=(0, 1, 2),
+                                                                   subpixel_upsample=True))))
+    assert not any(isinstance(m, ResBlock) and m.resample == "up" for m in efficient.modules())
+    assert 0.9 < efficient.num_parameters() / plain.num_parameters() < 1.3
+    flops = {}
+    for name, net in (("plain", plain), ("efficient", efficient)):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(torch.randn(1, 3, 64, 64), torch.tensor([5.0]), lowres=torch.randn(1, 3, 64, 64))
+        flops[name] = counter.get_total_flops()
+    assert flops["efficient"] < 0.7 * flops["plain"]
+    for h, w in [(16, 24), (8, 32)]:
+        x = torch.randn(2, 3, h, w)
+        with torch.no_grad():
+            out = efficient(x, torch.tensor([5.0, 500.0]), lowres=x)
+        assert out.shape == (2, 3, h, w) and out.std() > 1e-3
+    loss = efficient(x, torch.tensor([5.0, 500.0]), lowres=x).square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in efficient.parameters())
+
+
+@pytest.mark.parametrize("norm, batch, layout", [("layer", 1, "plain"), ("layer", 2, "plain"), ("group", 1, "plain"),
+                                                 ("layer", 2, "efficient")])
+def test_unet_inference_path_equals_the_training_path(norm, batch, layout):
     """Without autograd the ResBlocks work in place and fold the scale-shift into the norm; the
     result must be the autograd path's (fp32 exactly up to rounding; bf16 within its precision)."""
-    sr = perturbed(SuperRes(from_dict(SuperResConfig, dict(TINY_UNET, norm=norm, patch_size=2)))).eval()
+    extra = dict(num_res_blocks=(0, 2), subpixel_upsample=True) if layout == "efficient" else {}
+    sr = perturbed(SuperRes(from_dict(SuperResConfig, dict(TINY_UNET, norm=norm, patch_size=2, **extra)))).eval()
     sr = sr.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(batch)
     x = torch.randn(batch, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
