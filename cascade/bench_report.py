@@ -278,11 +278,18 @@ METHOD = [
     "class_embed_type identity), block for block cascade's widths and levels; GroupNorm-32 where cascade's shapes "
     "configs use a per-pixel LayerNorm (same parameter count; fewer groups where a width is not a multiple of 32).",
     "- **diffusers** SR: `UNet2DModel` with ResnetDownsample/Upsample blocks, no attention, scale-shift resnets and "
-    "a timestep class embedding for the augmentation level: exactly cascade's parameter count.",
+    "a timestep class embedding for the augmentation level. Block for block cascade's layout (exactly its "
+    "parameter count) where cascade's is uniform. The shipped SR stages (since session 16) use the efficient "
+    "layout (per-level block counts with none at the top level, sub-pixel upsampling: Imagen's Efficient U-Net "
+    "idea), which diffusers cannot build; there the peers get Karlo's uniform layout (cascade's levels and width "
+    "ratios, the mean block count per level) with the base width that brings their parameter count nearest "
+    "cascade's. That ratio compares layouts at equal size, not kernels: the same-layout comparison of "
+    "session 15 was 0.97× (SR-256) and 0.99× (SR-1024).",
     "- **DALLE2-pytorch** `DiffusionPriorNetwork`: cascade's depth, heads and head width; its embeddings are as wide "
     "as its transformer, so it reads width-wide inputs; its SwiGLU `ff_mult` is set so that the parameter count "
     "matches cascade's.",
-    "- **DALLE2-pytorch** `Unet`: cascade's levels, resblocks per level and attention levels, a 3×3 input "
+    "- **DALLE2-pytorch** `Unet`: cascade's levels, resblocks per level (the uniform layout's, as above) and "
+    "attention levels, a 3×3 input "
     "convolution (not its 3/7/15 cross-embed default), its base width `dim` set so that the parameter count "
     "matches cascade's (its blocks are larger at the same width). For SR its always-built middle attention is "
     "removed (cascade's and the paper's SR networks have none; its forward skips a `None`).", "",

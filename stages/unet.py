@@ -8,10 +8,10 @@ UNet2DModel block for block (down levels of `num_res_blocks` blocks plus a downs
 block, a middle block, up levels of `num_res_blocks + 1` blocks plus an upsampling block),
 so a diffusers or guided-diffusion checkpoint maps onto it by renaming keys.
 
-The efficient layout (the idea of Imagen's Efficient U-Net, Saharia et al. 2022, appendix: weights
-moved from the high-resolution levels to the low ones, convolutions done before upsampling) is two options:
-per-level `num_res_blocks` (0 at the top level leaves it the input convolution and one up
-block) and `subpixel_upsample`.
+The efficient layout (the idea of Imagen's Efficient U-Net, Saharia et al. 2022, appendix:
+weights moved from the high-resolution levels to the low ones, convolutions done before
+upsampling) is two options: per-level `num_res_blocks` (0 at the top level leaves it the input
+convolution and one up block) and `subpixel_upsample`. The shipped SR stages use it (session 16).
 """
 
 from __future__ import annotations
