@@ -282,8 +282,9 @@ METHOD = [
     "parameter count) where cascade's is uniform. The shipped SR stages (since session 16) use the efficient "
     "layout (per-level block counts with none at the top level, sub-pixel upsampling: Imagen's Efficient U-Net "
     "idea), which diffusers cannot build; there the peers get Karlo's uniform layout (cascade's levels and width "
-    "ratios, the mean block count per level) with the base width that brings their parameter count nearest "
-    "cascade's. That ratio compares layouts at equal size, not kernels: the same-layout comparison of "
+    "ratios, the mean block count per level): diffusers with the largest base width that is a multiple of 8 "
+    "(odd widths run its bf16 convolutions far below peak) and does not exceed cascade's parameter count, "
+    "DALLE2-pytorch with the base width nearest it. That ratio compares layouts at equal size, not kernels: the same-layout comparison of "
     "session 15 was 0.97× (SR-256) and 0.99× (SR-1024).",
     "- **DALLE2-pytorch** `DiffusionPriorNetwork`: cascade's depth, heads and head width; its embeddings are as wide "
     "as its transformer, so it reads width-wide inputs; its SwiGLU `ff_mult` is set so that the parameter count "

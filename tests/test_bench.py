@@ -174,12 +174,14 @@ def test_peers_match_cascades_parameter_counts_at_the_shipped_sizes():
         for role, spec in specs.items():
             runner = bench.cascade_runner(role, spec["network"], spec["class"], 1)
             n = bench.peer_target(runner.module)
-            # diffusers mirrors a uniform layout block for block; the efficient layout it matches by width alone
+            # diffusers mirrors a uniform layout block for block; for the efficient layout it takes the
+            # largest width (a multiple of 8) whose count does not exceed cascade's
             uniform = bench_worker.is_uniform_layout(spec["network"])
-            for peer, tolerance in (("diffusers", 0.01 if uniform else 0.04), ("dalle2", 0.10)):
+            for peer, tolerance in (("diffusers", 0.01 if uniform else 0.2), ("dalle2", 0.10)):
                 reply = client.ask(cmd="build", key=f"{role}-{peer}", peer=peer, kind=bench.KIND[role],
                                    config=spec["network"], batch=1, target=n, trial=False)
                 assert abs(reply["params"] - n) <= tolerance * n, (role, peer, reply["params"], n)
+                assert uniform or peer == "dalle2" or reply["params"] <= n, (role, peer, reply["params"], n)
                 client.ask(cmd="drop", key=f"{role}-{peer}")
     finally:
         client.close()
