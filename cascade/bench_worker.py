@@ -263,7 +263,7 @@ def _meta_params(cls: type, kwargs: dict[str, Any], drop_mid_attn: bool = False)
 def is_uniform_layout(cfg: dict[str, Any]) -> bool:
     """Whether a cascade UNet config has the peers' layout: one block count for every level and
     BigGAN upsampling blocks (not the efficient layout's per-level counts and sub-pixel upsampling)."""
-    return isinstance(cfg["num_res_blocks"], int) and not cfg.get("subpixel_upsample", False)
+    return isinstance(cfg.get("num_res_blocks", 1), int) and not cfg.get("subpixel_upsample", False)
 
 
 def uniform_layout(cfg: dict[str, Any]) -> dict[str, Any]:
