@@ -308,8 +308,12 @@ def fit_peer_config(peer: str, kind: str, cfg: dict[str, Any], target: int | Non
         def params(w: int) -> int:
             return _meta_params(cls, diffusers_unet(kind, dict(cfg, model_channels=w)))
 
-        fits = [w for w in range(8, 4 * cfg["model_channels"] + 1, 8) if params(w) <= target]
-        return diffusers_unet(kind, dict(cfg, model_channels=fits[-1] if fits else 8))
+        width = 8
+        for w in range(16, 4 * cfg["model_channels"] + 1, 8):  # the count grows with the width: stop past it
+            if params(w) > target:
+                break
+            width = w
+        return diffusers_unet(kind, dict(cfg, model_channels=width))
     if kind == "prior":
         from dalle2_pytorch import DiffusionPriorNetwork
 
