@@ -60,6 +60,9 @@ class UNetConfig:
         counts = [self.blocks(level) for level in range(len(self.channel_mult))]
         if min(counts) < 0 or max(counts) < 1:
             raise ValueError(f"num_res_blocks {self.num_res_blocks}: counts must be >= 0, one at least positive")
+        if len(counts) > 1 and counts[-1] == 0 and self.channel_mult[-1] != self.channel_mult[-2]:
+            raise ValueError(f"num_res_blocks {self.num_res_blocks}: the last level changes the width "
+                             f"({self.channel_mult[-2]} -> {self.channel_mult[-1]}), so it needs a block")
         for mult in self.channel_mult:
             ch = mult * self.model_channels
             if self.attention_resolutions or self.mid_attention:
@@ -89,9 +92,9 @@ class UNetConfig:
 class Downsample(nn.Module):
     """Strided 3x3 convolution (guided-diffusion `Downsample(use_conv=True)`)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, out_channels: int | None = None):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         return self.conv(x)
@@ -255,10 +258,11 @@ class DownLevel(nn.Module):
         )
         self.attn = nn.ModuleList(AttentionBlock(out_ch, config, context_dim) for _ in range(blocks if attn else 0))
         self.downsample = None
-        if downsample:
+        if downsample:  # a level without blocks changes the width here
+            ds_in = out_ch if blocks else in_ch
             self.downsample = (
-                ResBlock(out_ch, out_ch, emb_dim, config, resample="down") if config.resblock_updown
-                else Downsample(out_ch)
+                ResBlock(ds_in, out_ch, emb_dim, config, resample="down") if config.resblock_updown
+                else Downsample(ds_in, out_ch)
             )
 
 

@@ -240,3 +240,36 @@ def test_loss_is_zero_for_exact_prediction_and_min_snr_weights():
         got = diffusion_loss(den, x0, {}, t=t, noise=noise, min_snr_gamma=5.0, reduce=False)
         expect = snr.clamp(max=5.0) * 0.01
         assert torch.allclose(got.double(), expect, rtol=2e-3)
+
+
+def test_distillation_target_is_the_teachers_prediction_mixed_by_weight():
+    schedule = NoiseSchedule()
+    x0, noise = torch.randn(5, 4), torch.randn(5, 4)
+    t = torch.tensor([0, 100, 400, 700, 999])
+
+    class Const(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, x, tt):
+            return torch.full_like(x, self.value)
+
+    v = DiffusionConfig(parametrization="v")
+    student, teacher = Denoiser(Const(0.5), schedule, v), Denoiser(Const(-0.25), schedule, v)
+    # the student is off the teacher by 0.75 everywhere: pure distillation sees only that
+    got = diffusion_loss(student, x0, {}, t=t, noise=noise, teacher=teacher, reduce=False)
+    assert torch.allclose(got, torch.full((5,), 0.75**2))
+    assert diffusion_loss(teacher, x0, {}, t=t, noise=noise, teacher=teacher).item() == 0.0
+    # weight 0 is the plain loss; 0.5 aims half-way between the true target and the teacher
+    plain = diffusion_loss(student, x0, {}, t=t, noise=noise, reduce=False)
+    assert torch.equal(diffusion_loss(student, x0, {}, t=t, noise=noise, teacher=teacher, teacher_weight=0.0,
+                                      reduce=False), plain)
+    a, s = schedule.alpha_sigma(t)
+    goal = 0.5 * target(x0, noise, a.view(-1, 1).float(), s.view(-1, 1).float(), "v") + 0.5 * -0.25
+    half = diffusion_loss(student, x0, {}, t=t, noise=noise, teacher=teacher, teacher_weight=0.5, reduce=False)
+    assert torch.allclose(half, (0.5 - goal).pow(2).mean(dim=1), atol=1e-6)
+    # a teacher of another parametrization predicts another quantity
+    eps_teacher = Denoiser(Const(0.0), schedule, DiffusionConfig(parametrization="eps"))
+    with pytest.raises(ValueError, match="teacher predicts eps"):
+        diffusion_loss(student, x0, {}, t=t, noise=noise, teacher=eps_teacher)

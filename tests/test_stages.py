@@ -131,6 +131,8 @@ def test_bad_config_values_are_refused():
         from_dict(SuperResConfig, dict(TINY_UNET, num_res_blocks=[1, 1, 1]))
     with pytest.raises(ConfigError, match="num_res_blocks"):
         from_dict(SuperResConfig, dict(TINY_UNET, num_res_blocks=[0, 0]))
+    with pytest.raises(ConfigError, match="the last level changes the width"):
+        from_dict(SuperResConfig, dict(TINY_UNET, channel_mult=[1, 2], num_res_blocks=[1, 0]))
 
 
 # ---------------------------------------------------------------- prior
@@ -371,6 +373,11 @@ def test_efficient_layout_moves_work_to_low_resolution():
     loss = efficient(x, torch.tensor([5.0, 500.0]), lowres=x).square().mean()
     loss.backward()
     assert all(p.grad is not None for p in efficient.parameters())
+    # a level without blocks whose width changes: its downsampling block changes it (both kinds)
+    for updown in (True, False):
+        net = SuperRes(from_dict(SuperResConfig, dict(wide, num_res_blocks=(0, 0, 3), subpixel_upsample=True,
+                                                      resblock_updown=updown)))
+        assert net(x, torch.tensor([5.0, 500.0]), lowres=x).shape == x.shape
 
 
 @pytest.mark.parametrize("norm, batch, layout", [("layer", 1, "plain"), ("layer", 2, "plain"), ("group", 1, "plain"),

@@ -255,6 +255,37 @@ def test_bad_requests_are_refused_before_work(model, tmp_path, capsys):
     refused("prior", *base, match="needs the frozen CLIP")
 
 
+# ------------------------------------------------------------------ distillation from a teacher stage
+def test_a_student_equal_to_its_teacher_has_zero_loss_and_bad_teachers_are_refused(model, micro_dir, tmp_path,
+                                                                                      capsys):
+    common = ["--max-steps", 2, "--set", "batch_size=2", "--set", "log_every=1", "--set", "sample_every=0",
+              "--set", "mixed_precision='no'"]
+    train(capsys, "decoder", model, tmp_path / "plain", *common)
+    plain = read_loss_csv(tmp_path / "plain")[0]["loss"]
+    student = tmp_path / "student"
+    shutil.copytree(micro_dir, student)
+    train(capsys, "decoder", student, tmp_path / "taught", *common, "--set", f"teacher='{micro_dir}'")
+    taught = read_loss_csv(tmp_path / "taught")
+    assert plain > 1e-3 and all(r["loss"] < 1e-10 for r in taught)  # the same weights predict the same: no gradient
+    # half the teacher, half the true target: at step 1 (same weights, same batch) a quarter of the plain loss
+    train(capsys, "decoder", student, tmp_path / "half", *common, "--set", f"teacher='{micro_dir}'",
+          "--set", "teacher_weight=0.5")
+    assert read_loss_csv(tmp_path / "half")[0]["loss"] == pytest.approx(plain / 4, rel=1e-4)
+    # a stage folder names the teacher too; a missing one, or one of another parametrization, is refused
+    train(capsys, "decoder", student, tmp_path / "taught2", *common, "--set", f"teacher='{micro_dir / 'decoder'}'")
+    for teacher, match in ((tmp_path / "nowhere", "holds neither"), (tmp_path / "x0", "parametrization")):
+        if teacher.name == "x0":
+            shutil.copytree(micro_dir, teacher)
+            cfg = json.loads((teacher / "decoder" / "config.json").read_text())
+            cfg["config"]["diffusion"]["parametrization"] = "x0"
+            (teacher / "decoder" / "config.json").write_text(json.dumps(cfg))
+        code = main(["train", "decoder", "--config", MICRO, "--model", str(student), "--run", str(tmp_path / "r"),
+                     *FAST, "--set", f"teacher='{teacher}'"])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err, err
+        assert not (tmp_path / "r").exists()
+
+
 def test_state_files_round_trip_without_pickle(tmp_path):
     from cascade.train.statefile import load_state, save_state
     from cascade.train.trainer import rng_state

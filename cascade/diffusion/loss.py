@@ -35,11 +35,19 @@ def diffusion_loss(
     min_snr_gamma: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     reduce: bool = True,
+    teacher: Optional[Denoiser] = None,
+    teacher_weight: float = 1.0,
 ) -> Tensor:
     """Mean squared error of the network's prediction at a random t ~ U{0 … T-1} (per sample
 
     if `reduce` is False). With `min_snr_gamma`, each sample is weighted so that the
     effective x0-space weight is min(SNR_t, γ).
+
+    With a `teacher` (a denoiser of the same schedule and parametrization, e.g. a trained stage
+    of another layout) the target is `teacher_weight` × the teacher's prediction on the same
+    x_t, t and condition + (1 − `teacher_weight`) × the true target: knowledge distillation,
+    whose target is far less noisy than the true one (the teacher has already averaged over the
+    x0 that could have made x_t).
     """
     B = x0.shape[0]
     T = denoiser.schedule.num_timesteps
@@ -52,6 +60,12 @@ def diffusion_loss(
     pred, _ = denoiser.predict(x_t, t, cond)
     param = denoiser.config.parametrization
     goal = target(x0, noise, append_dims(alpha, x0.ndim).to(x0), append_dims(sigma, x0.ndim).to(x0), param)
+    if teacher is not None:
+        if teacher.config.parametrization != param:
+            raise ValueError(f"the teacher predicts {teacher.config.parametrization}, the network {param}")
+        with torch.no_grad():
+            taught, _ = teacher.predict(x_t, t, cond)
+        goal = taught.float() if teacher_weight == 1.0 else torch.lerp(goal.float(), taught.float(), teacher_weight)
     per_sample = (pred.float() - goal.float()).pow(2).reshape(B, -1).mean(dim=1)
     if min_snr_gamma is not None:
         snr = (alpha / sigma) ** 2

@@ -46,6 +46,10 @@ class TrainConfig:
     #   images keep their shapes to very low SNR, so a decoder decides an object's shape near t = T, where
     #   a uniform t spends few samples (measured on the shapes decoder: the condition changed its x0 error
     #   only for t ≥ 0.85 T)
+    teacher: Optional[str] = None  # diffusion stages: a model folder (or stage folder) whose stage of this
+    #   role the network learns to match (knowledge distillation: same schedule and parametrization, any
+    #   layout; cascade.diffusion.loss). How the shipped decoder moved to the efficient layout (session 17)
+    teacher_weight: float = 1.0  # the target: this share of the teacher's prediction, the rest the true target
     # classifier-free guidance: condition drop probabilities
     text_drop_prob: float = 0.1  # prior: drop the text condition (DALL·E 2 §2.2)
     image_drop_prob: float = 0.1  # decoder: drop the CLIP image embedding (DALL·E 2 §2.1)
@@ -103,7 +107,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be positive (or absent), got {self.min_snr_gamma}")
-        for name in ("text_drop_prob", "image_drop_prob", "decoder_text_drop_prob", "high_noise_share"):
+        for name in ("text_drop_prob", "image_drop_prob", "decoder_text_drop_prob", "high_noise_share",
+                     "teacher_weight"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.high_noise_from < 1:

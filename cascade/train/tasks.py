@@ -41,17 +41,22 @@ def _bernoulli(p: float, g: torch.Generator) -> Tensor:
 class DiffusionLoss(nn.Module):
     """Stage.loss as a module's forward, so that accelerate/DDP see (and all-reduce) its gradients."""
 
-    def __init__(self, stage: Stage, min_snr_gamma: Optional[float]):
+    def __init__(self, stage: Stage, min_snr_gamma: Optional[float], teacher: Optional[Stage] = None,
+                 teacher_weight: float = 1.0):
         super().__init__()
         self.stage = stage
         self.min_snr_gamma = min_snr_gamma
+        self._teacher = [teacher] if teacher is not None else []  # in a list: not a submodule (DDP, checkpoints)
+        self.teacher_weight = teacher_weight
 
     @property
     def network(self) -> nn.Module:
         return self.stage.network
 
     def forward(self, x0: Tensor, cond: dict[str, Any], t: Tensor, noise: Tensor) -> Tensor:
-        return self.stage.loss(x0, cond, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma)
+        teacher = self._teacher[0].denoiser if self._teacher else None
+        return self.stage.loss(x0, cond, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma, teacher=teacher,
+                               teacher_weight=self.teacher_weight)
 
 
 class Task:
@@ -105,8 +110,10 @@ class StageTask(Task):
         self.config = stage.config
         self.T = stage.schedule.num_timesteps
 
+    teacher: Optional[Stage] = None  # set by the trainer from train.teacher
+
     def build_module(self) -> nn.Module:
-        return DiffusionLoss(self.stage, self.train.loss_min_snr_gamma)
+        return DiffusionLoss(self.stage, self.train.loss_min_snr_gamma, self.teacher, self.train.teacher_weight)
 
     def _diffusion(self, shape: tuple[int, ...], g: torch.Generator) -> dict[str, Tensor]:
         low = 0

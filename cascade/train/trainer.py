@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import INDEX_NAME, CheckpointError, load_weights, save_weights, write_json
+from ..checkpoint import CONFIG_NAME, INDEX_NAME, CheckpointError, load_stage, load_weights, read_json, save_weights, write_json
 from ..config import ConfigError, to_dict
 from ..hardware import describe_cpu, native_bf16
 from ..model_config import ModelConfig, load_model_config
@@ -115,6 +115,8 @@ def check_request(role: str, config_path: str | Path, model_dir: str | Path, run
             if not (model_dir / "clip" / name).is_file():
                 raise CheckpointError(f"{model_dir / 'clip'} has no {name}: stage {role} needs the frozen CLIP "
                                       "(run `cascade train clip` first, or `cascade init`)")
+    if train.teacher is not None:
+        check_teacher(train.teacher, role, model_config)
     if max_minutes is not None and max_minutes < 0:
         raise ValueError(f"--max-minutes must be at least 0, got {max_minutes}")
     run_dir = Path(run_dir)
@@ -197,6 +199,33 @@ def lr_lambda(train: TrainConfig):
             return warm * 0.5 * (1 + math.cos(math.pi * progress))
         return warm
     return factor
+
+
+def teacher_folder(path: str | Path, role: str) -> Path:
+    """The stage folder `train.teacher` names: a model folder's `role` stage, or a stage folder itself."""
+    path = Path(path)
+    return path / role if (path / role / CONFIG_NAME).is_file() else path
+
+
+def check_teacher(path: str | Path, role: str, model_config: ModelConfig) -> None:
+    """Refuse a teacher that is missing, of another role, or of another schedule or parametrization
+    (its predictions would be of another quantity than the network's)."""
+    from ..stage import stage_config_from_dict
+
+    if role == "clip":
+        raise ConfigError("clip.train: teacher is for the diffusion stages")
+    folder = teacher_folder(path, role)
+    if not (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{role}.train.teacher: {path} holds neither {role}/{CONFIG_NAME} nor {CONFIG_NAME}")
+    try:
+        theirs = stage_config_from_dict(role, read_json(folder / CONFIG_NAME)["config"])
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{role}.train.teacher: {folder / CONFIG_NAME}: {e}") from None
+    ours = model_config.stages[role]
+    for name, a, b in (("schedule", theirs.schedule, ours.schedule),
+                       ("parametrization", theirs.diffusion.parametrization, ours.diffusion.parametrization)):
+        if a != b:
+            raise ConfigError(f"{role}.train.teacher: its {name} {a} differs from the config's {b}")
 
 
 class Trainer:
@@ -337,6 +366,10 @@ class Trainer:
         source.prepare(task.sizes())
         checkpoint = latest_checkpoint(req.run_dir) if req.resume else None
         task.setup(fresh=checkpoint is None)
+        if t.teacher is not None:
+            task.teacher = load_stage(teacher_folder(t.teacher, role), role).requires_grad_(False)
+            if t.channels_last:
+                task.teacher.network.to(memory_format=torch.channels_last)
         module = task.build_module()
         network = module.network
         if t.channels_last and role != "clip":
