@@ -1,8 +1,11 @@
-"""What the device can do fast: bf16 autocast only pays where the hardware has bf16 arithmetic."""
+"""What the device can do fast: bf16 autocast only pays where the hardware has bf16 arithmetic,
+and pays more with the weights already in bf16."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import Iterator
 
 import torch
 
@@ -29,3 +32,29 @@ def describe_cpu() -> str:
     """One line for logs and benchmark reports: the CPU's vector capability and whether bf16 is native."""
     capability = torch.backends.cpu.get_cpu_capability()
     return f"{capability}, bf16 {'native' if _cpu_native_bf16() else 'emulated (slow)'}"
+
+
+@contextlib.contextmanager
+def bf16_weights(module: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within: `module`'s convolution and linear weights (and biases) held in bf16, restored after.
+
+    For a network run under bf16 autocast, which casts these tensors to bf16 at every call
+    anyway: the outputs are bit for bit the same. It saves the casts, which autocast does not
+    cache under `torch.inference_mode` (the samplers' mode): ~10% of a shipped decoder
+    evaluation, its 17.7M weights read and written again at every step. Outside autocast the
+    network would see bf16 weights and fp32 inputs: use it only around autocast regions.
+    """
+    saved = []
+    if enabled:
+        with torch.no_grad():
+            for m in module.modules():
+                if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
+                    for p in (m.weight, m.bias):
+                        if p is not None and p.dtype == torch.float32:
+                            saved.append((p, p.data))
+                            p.data = p.data.to(torch.bfloat16)
+    try:
+        yield
+    finally:
+        for p, data in saved:
+            p.data = data

@@ -434,6 +434,38 @@ def test_channels_last_and_bf16_stages(micro_config, monkeypatch):
         CascadePipeline(cl.clip, cl.stages, bf16={"sr512"})
 
 
+def test_bf16_stages_hold_their_weights_in_bf16_only_while_they_run(micro_config, monkeypatch):
+    """Under autocast the weights are cast to bf16 at every call anyway (autocast caches no casts
+    under inference_mode): holding them in bf16 for the run gives the same images bit for bit, for
+    generation and for variations (the decoder's DDIM inversion), and leaves fp32 weights behind."""
+    import contextlib
+
+    import cascade.pipeline as pipeline_module
+
+    pipe = _unzeroed(micro_config, bf16=True)
+    src = Image.new("RGB", (64, 64), (200, 30, 30))
+    kw = dict(seed=2, final_size=256, return_intermediates=True)
+    seen = []
+    real = pipeline_module.bf16_weights
+
+    @contextlib.contextmanager
+    def spy(module, enabled=True):
+        with real(module, enabled):
+            seen.append(next(m.weight.dtype for m in module.modules() if isinstance(m, torch.nn.Linear)))
+            yield
+
+    monkeypatch.setattr(pipeline_module, "bf16_weights", spy)
+    held = pipe("a red circle", **kw), pipe.variations(src, 1, seed=1, final_size=64, return_intermediates=True)
+    assert len(seen) >= 5 and all(d == torch.bfloat16 for d in seen)  # prior, decoder, SR, inversion, decoder
+    monkeypatch.setattr(pipeline_module, "bf16_weights", lambda module, enabled=True: contextlib.nullcontext())
+    cast = pipe("a red circle", **kw), pipe.variations(src, 1, seed=1, final_size=64, return_intermediates=True)
+    for a, b in zip(held, cast):
+        for role in a.stages:
+            assert torch.equal(a.stages[role], b.stages[role]), role
+    assert held[0].stages["sr256"].std() > 0.05
+    assert all(p.dtype == torch.float32 for s in pipe.stages.values() for p in s.network.parameters())
+
+
 def test_compiled_stage_draws_what_the_eager_one_does(micro_config, tmp_path):
     """compile={"sr256"} runs that stage's network through torch.compile: the same images within
     fp32 rounding, the other stages untouched, and the weights save as before (no wrapper keys)."""
