@@ -269,6 +269,21 @@ def test_distillation_target_is_the_teachers_prediction_mixed_by_weight():
     goal = 0.5 * target(x0, noise, a.view(-1, 1).float(), s.view(-1, 1).float(), "v") + 0.5 * -0.25
     half = diffusion_loss(student, x0, {}, t=t, noise=noise, teacher=teacher, teacher_weight=0.5, reduce=False)
     assert torch.allclose(half, (0.5 - goal).pow(2).mean(dim=1), atol=1e-6)
+    # the guided term: sampling sees pred(u) + s (pred(c) - pred(u)), so errors with and without the
+    # condition count s and 1 - s times; here the student over-reacts to the condition
+    class Shifted(torch.nn.Module):
+        def __init__(self, value, gain):
+            super().__init__()
+            self.value, self.gain = value, gain
+
+        def forward(self, x, tt, shift=0.0):
+            return torch.full_like(x, self.value + self.gain * shift)
+
+    student, teacher = Denoiser(Shifted(0.5, 2.0), schedule, v), Denoiser(Shifted(-0.25, 1.0), schedule, v)
+    got = diffusion_loss(student, x0, {"shift": 0.1}, t=t, noise=noise, teacher=teacher, uncond={"shift": 0.0},
+                         guidance=3.0, reduce=False)
+    e_c, e_u = 0.85, 0.75
+    assert torch.allclose(got, torch.full((5,), e_c**2 + (3 * e_c - 2 * e_u) ** 2))
     # a teacher of another parametrization predicts another quantity
     eps_teacher = Denoiser(Const(0.0), schedule, DiffusionConfig(parametrization="eps"))
     with pytest.raises(ValueError, match="teacher predicts eps"):

@@ -271,8 +271,21 @@ def test_a_student_equal_to_its_teacher_has_zero_loss_and_bad_teachers_are_refus
     train(capsys, "decoder", student, tmp_path / "half", *common, "--set", f"teacher='{micro_dir}'",
           "--set", "teacher_weight=0.5")
     assert read_loss_csv(tmp_path / "half")[0]["loss"] == pytest.approx(plain / 4, rel=1e-4)
+    # with the guided term too: still nothing to learn from an equal teacher (a fresh copy: "half" moved the student)
+    shutil.rmtree(student)
+    shutil.copytree(micro_dir, student)
+    train(capsys, "decoder", student, tmp_path / "guided", *common, "--set", f"teacher='{micro_dir}'",
+          "--set", "teacher_guidance=3.0")
+    assert all(r["loss"] < 1e-10 for r in read_loss_csv(tmp_path / "guided"))
     # a stage folder names the teacher too; a missing one, or one of another parametrization, is refused
     train(capsys, "decoder", student, tmp_path / "taught2", *common, "--set", f"teacher='{micro_dir / 'decoder'}'")
+    for role, extra, match in (("decoder", ["--set", "teacher_guidance=3.0"], "needs a teacher"),
+                               ("sr256", ["--set", f"teacher='{micro_dir}'", "--set", "teacher_guidance=3.0"],
+                                "samples without guidance")):
+        code = main(["train", role, "--config", MICRO, "--model", str(student), "--run", str(tmp_path / "r"),
+                     *FAST, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err, err
     for teacher, match in ((tmp_path / "nowhere", "holds neither"), (tmp_path / "x0", "parametrization")):
         if teacher.name == "x0":
             shutil.copytree(micro_dir, teacher)

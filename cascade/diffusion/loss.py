@@ -37,6 +37,8 @@ def diffusion_loss(
     reduce: bool = True,
     teacher: Optional[Denoiser] = None,
     teacher_weight: float = 1.0,
+    uncond: Optional[Cond] = None,
+    guidance: float = 0.0,
 ) -> Tensor:
     """Mean squared error of the network's prediction at a random t ~ U{0 … T-1} (per sample
 
@@ -48,6 +50,12 @@ def diffusion_loss(
     x_t, t and condition + (1 − `teacher_weight`) × the true target: knowledge distillation,
     whose target is far less noisy than the true one (the teacher has already averaged over the
     x0 that could have made x_t).
+
+    With a teacher and `uncond` (the unconditional condition of each sample), the loss adds the
+    squared difference of the classifier-free-guided predictions pred(uncond) + s·(pred(cond) −
+    pred(uncond)) of the student and the teacher at `guidance` s: sampling amplifies the student's
+    errors with and without the condition by s and s − 1 unless they cancel as the teacher's do,
+    and this term asks them to (it costs a second forward pass of both networks).
     """
     B = x0.shape[0]
     T = denoiser.schedule.num_timesteps
@@ -60,13 +68,20 @@ def diffusion_loss(
     pred, _ = denoiser.predict(x_t, t, cond)
     param = denoiser.config.parametrization
     goal = target(x0, noise, append_dims(alpha, x0.ndim).to(x0), append_dims(sigma, x0.ndim).to(x0), param)
+    extra: Tensor | float = 0.0
     if teacher is not None:
         if teacher.config.parametrization != param:
             raise ValueError(f"the teacher predicts {teacher.config.parametrization}, the network {param}")
         with torch.no_grad():
-            taught, _ = teacher.predict(x_t, t, cond)
-        goal = taught.float() if teacher_weight == 1.0 else torch.lerp(goal.float(), taught.float(), teacher_weight)
-    per_sample = (pred.float() - goal.float()).pow(2).reshape(B, -1).mean(dim=1)
+            taught = teacher.predict(x_t, t, cond)[0].float()
+        goal = taught if teacher_weight == 1.0 else torch.lerp(goal.float(), taught, teacher_weight)
+        if uncond is not None:
+            with torch.no_grad():
+                taught_u = teacher.predict(x_t, t, uncond)[0].float()
+            pred_u = denoiser.predict(x_t, t, uncond)[0].float()
+            guided = guidance * (pred.float() - taught) + (1 - guidance) * (pred_u - taught_u)
+            extra = guided.pow(2).reshape(B, -1).mean(dim=1)
+    per_sample = (pred.float() - goal.float()).pow(2).reshape(B, -1).mean(dim=1) + extra
     if min_snr_gamma is not None:
         snr = (alpha / sigma) ** 2
         weight = snr.clamp(max=min_snr_gamma) / implicit_x0_weight(snr, param)

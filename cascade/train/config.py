@@ -50,6 +50,9 @@ class TrainConfig:
     #   role the network learns to match (knowledge distillation: same schedule and parametrization, any
     #   layout; cascade.diffusion.loss). How the shipped decoder moved to the efficient layout (session 17)
     teacher_weight: float = 1.0  # the target: this share of the teacher's prediction, the rest the true target
+    teacher_guidance: Optional[float] = None  # prior and decoder with a teacher: also match the teacher's
+    #   classifier-free-guided prediction at this scale (the stage's sampling guidance), which sampling
+    #   amplifies the errors of; each step then costs two passes of both networks
     # classifier-free guidance: condition drop probabilities
     text_drop_prob: float = 0.1  # prior: drop the text condition (DALL·E 2 §2.2)
     image_drop_prob: float = 0.1  # decoder: drop the CLIP image embedding (DALL·E 2 §2.1)
@@ -119,6 +122,8 @@ class TrainConfig:
         if unknown or not self.hard_negative_attributes:
             raise ValueError(f"hard_negative_attributes: expected names from {EDITABLE}, got "
                              f"{list(self.hard_negative_attributes)}")
+        if self.teacher_guidance is not None and (self.teacher is None or self.teacher_guidance < 0):
+            raise ValueError(f"teacher_guidance {self.teacher_guidance} needs a teacher and a scale of at least 0")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
 

@@ -42,21 +42,23 @@ class DiffusionLoss(nn.Module):
     """Stage.loss as a module's forward, so that accelerate/DDP see (and all-reduce) its gradients."""
 
     def __init__(self, stage: Stage, min_snr_gamma: Optional[float], teacher: Optional[Stage] = None,
-                 teacher_weight: float = 1.0):
+                 teacher_weight: float = 1.0, teacher_guidance: Optional[float] = None):
         super().__init__()
         self.stage = stage
         self.min_snr_gamma = min_snr_gamma
         self._teacher = [teacher] if teacher is not None else []  # in a list: not a submodule (DDP, checkpoints)
         self.teacher_weight = teacher_weight
+        self.teacher_guidance = teacher_guidance
 
     @property
     def network(self) -> nn.Module:
         return self.stage.network
 
-    def forward(self, x0: Tensor, cond: dict[str, Any], t: Tensor, noise: Tensor) -> Tensor:
+    def forward(self, x0: Tensor, cond: dict[str, Any], t: Tensor, noise: Tensor,
+                uncond: Optional[dict[str, Any]] = None) -> Tensor:
         teacher = self._teacher[0].denoiser if self._teacher else None
         return self.stage.loss(x0, cond, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma, teacher=teacher,
-                               teacher_weight=self.teacher_weight)
+                               teacher_weight=self.teacher_weight, uncond=uncond, guidance=self.teacher_guidance or 0.0)
 
 
 class Task:
@@ -113,7 +115,8 @@ class StageTask(Task):
     teacher: Optional[Stage] = None  # set by the trainer from train.teacher
 
     def build_module(self) -> nn.Module:
-        return DiffusionLoss(self.stage, self.train.loss_min_snr_gamma, self.teacher, self.train.teacher_weight)
+        return DiffusionLoss(self.stage, self.train.loss_min_snr_gamma, self.teacher, self.train.teacher_weight,
+                             self.train.teacher_guidance)
 
     def _diffusion(self, shape: tuple[int, ...], g: torch.Generator) -> dict[str, Tensor]:
         low = 0
@@ -178,7 +181,10 @@ class PriorTask(StageTask):
 
     def prepare(self, batch: dict[str, Any]) -> tuple:
         cond = prior_condition(_text(batch), batch["text_drop"])
-        return batch["x0"], cond, batch["t"], batch["noise"]
+        if self.train.teacher_guidance is None:
+            return batch["x0"], cond, batch["t"], batch["noise"]
+        uncond = prior_condition(_text(batch), torch.ones_like(batch["text_drop"]))
+        return batch["x0"], cond, batch["t"], batch["noise"], uncond
 
     @torch.no_grad()
     def evaluate(self, network: nn.Module, out_dir: Path, step: int) -> dict[str, float]:
@@ -229,7 +235,11 @@ class DecoderTask(StageTask):
         cond = decoder_condition(self.stage, batch["image_embed"], _text(batch), batch["image_drop"],
                                              batch["text_drop"])
         x0, noise = self._images_in(batch["x0"], batch["noise"])
-        return x0, cond, batch["t"], noise
+        if self.train.teacher_guidance is None:
+            return x0, cond, batch["t"], noise
+        every = torch.ones_like(batch["image_drop"])  # the pipeline's unconditional: no image, no text
+        uncond = decoder_condition(self.stage, batch["image_embed"], _text(batch), every, every)
+        return x0, cond, batch["t"], noise, uncond
 
     @torch.no_grad()
     def evaluate(self, network: nn.Module, out_dir: Path, step: int) -> dict[str, float]:

@@ -117,6 +117,8 @@ def check_request(role: str, config_path: str | Path, model_dir: str | Path, run
                                       "(run `cascade train clip` first, or `cascade init`)")
     if train.teacher is not None:
         check_teacher(train.teacher, role, model_config)
+    if train.teacher_guidance is not None and role not in ("prior", "decoder"):
+        raise ConfigError(f"{role}.train.teacher_guidance: {role} samples without guidance")
     if max_minutes is not None and max_minutes < 0:
         raise ValueError(f"--max-minutes must be at least 0, got {max_minutes}")
     run_dir = Path(run_dir)
