@@ -43,7 +43,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import CONFIG_NAME, INDEX_NAME, CheckpointError, load_stage, load_weights, read_json, save_weights, write_json
+from ..checkpoint import (CONFIG_NAME, INDEX_NAME, CheckpointError, load_stage, load_weights, read_json, save_weights,
+                          write_json)
 from ..config import ConfigError, to_dict
 from ..hardware import describe_cpu, native_bf16
 from ..model_config import ModelConfig, load_model_config
@@ -369,7 +370,7 @@ class Trainer:
         checkpoint = latest_checkpoint(req.run_dir) if req.resume else None
         task.setup(fresh=checkpoint is None)
         if t.teacher is not None:
-            task.teacher = load_stage(teacher_folder(t.teacher, role), role).requires_grad_(False)
+            task.teacher = load_stage(teacher_folder(t.teacher, role), role).requires_grad_(False).to(acc.device)
             if t.channels_last:
                 task.teacher.network.to(memory_format=torch.channels_last)
         module = task.build_module()
