@@ -68,6 +68,18 @@ def probe(stage: Stage, clip: CLIP, seed: int = 0) -> tuple[torch.Tensor, torch.
     return x, t, {"lowres": lowres_condition(low, c.resolution, aug, c.augmentation, generator=g), "aug_level": aug}
 
 
+def old_and_new(model: Path, role: str, config: Path) -> tuple[Stage, Stage]:
+    """The model folder's stage and a freshly initialised one built from the TOML's [role] table."""
+    old = load_stage(model / role, role)
+    new_config = load_model_config(config).stages.get(role)
+    if new_config is None:
+        raise CheckpointError(f"{config} has no [{role}] table")
+    if new_config.network_class != old.config.network_class:
+        raise CheckpointError(f"{config}: [{role}] is a {new_config.network_class}, "
+                              f"the model folder's is a {old.config.network_class}")
+    return old, Stage(new_config).eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path, help="model folder (from `cascade init` or a training run)")
@@ -76,14 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write a copy of the model folder here (default: change MODEL_DIR)")
     args = ap.parse_args(argv)
     try:
-        old = load_stage(args.model / args.role, args.role)
-        new_config = load_model_config(args.config).stages.get(args.role)
-        if new_config is None:
-            raise CheckpointError(f"{args.config} has no [{args.role}] table")
-        if new_config.network_class != old.config.network_class:
-            raise CheckpointError(f"{args.config}: [{args.role}] is a {new_config.network_class}, "
-                                  f"the model folder's is a {old.config.network_class}")
-        new = Stage(new_config).eval()
+        old, new = old_and_new(args.model, args.role, args.config)
         added = copy_weights(old.network, new.network)
         clip = CLIP.from_pretrained(args.model / "clip")
         with torch.inference_mode():

@@ -35,12 +35,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grow_stage import probe  # noqa: E402  (tools/ is not a package)
+from grow_stage import old_and_new, probe  # noqa: E402  (tools/ is not a package)
 
-from cascade.checkpoint import CheckpointError, load_stage, save_stage  # noqa: E402
+from cascade.checkpoint import CheckpointError, save_stage  # noqa: E402
 from cascade.clip import CLIP  # noqa: E402
-from cascade.model_config import load_model_config  # noqa: E402
-from cascade.stage import Stage  # noqa: E402
 from stages.unet import ResBlock, SubpixelUpsample, UNet  # noqa: E402
 
 
@@ -141,15 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out.exists():
             raise CheckpointError(f"{args.out} exists")
-        old = load_stage(args.model / args.role, args.role)
-        new_config = load_model_config(args.config).stages.get(args.role)
-        if new_config is None:
-            raise CheckpointError(f"{args.config} has no [{args.role}] table")
-        if new_config.network_class != old.config.network_class:
-            raise CheckpointError(f"{args.config}: [{args.role}] is a {new_config.network_class}, "
-                                  f"the model folder's is a {old.config.network_class}")
         torch.manual_seed(0)
-        new = Stage(new_config).eval()
+        old, new = old_and_new(args.model, args.role, args.config)
         carried, fresh = relayout(old.network, new.network)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
