@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 if TYPE_CHECKING:
-    from .stage import Stage
+    from .stage import Stage, StageConfig
 
 FORMAT = "cascade"
 FORMAT_VERSION = 1
@@ -132,18 +132,26 @@ def save_stage(stage: "Stage", folder: str | Path, dtype: torch.dtype | None = N
     write_json(folder / CONFIG_NAME, data)
 
 
+def load_stage_config(folder: str | Path, role: str) -> "StageConfig":
+    """A stage folder's config.json, checked (format version, role, every field), without its weights."""
+    from .config import ConfigError
+    from .stage import stage_config_from_dict
+
+    path = Path(folder) / CONFIG_NAME
+    data = read_json(path)
+    check_format(data, path)
+    try:
+        return stage_config_from_dict(role, data["config"])
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
 def load_stage(folder: str | Path, role: str, expected_class: str | None = None) -> "Stage":
     """A stage from its folder, strictly (see load_weights)."""
-    from .config import ConfigError
-    from .stage import Stage, stage_config_from_dict
+    from .stage import Stage
 
     folder = Path(folder)
-    data = read_json(folder / CONFIG_NAME)
-    check_format(data, folder / CONFIG_NAME)
-    try:
-        config = stage_config_from_dict(role, data["config"])
-    except (ConfigError, KeyError) as e:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: {e}") from e
+    config = load_stage_config(folder, role)
     if expected_class is not None and config.network_class != expected_class:
         raise CheckpointError(f"{folder}: class {config.network_class} but model_index.json says {expected_class}")
     stage = Stage(config)

@@ -43,8 +43,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import (CONFIG_NAME, INDEX_NAME, CheckpointError, load_stage, load_weights, read_json, save_weights,
-                          write_json)
+from ..checkpoint import (CONFIG_NAME, INDEX_NAME, CheckpointError, load_stage, load_stage_config, load_weights,
+                          save_weights, write_json)
 from ..config import ConfigError, to_dict
 from ..hardware import describe_cpu, native_bf16
 from ..model_config import ModelConfig, load_model_config
@@ -213,17 +213,15 @@ def teacher_folder(path: str | Path, role: str) -> Path:
 def check_teacher(path: str | Path, role: str, model_config: ModelConfig) -> None:
     """Refuse a teacher that is missing, of another role, or of another schedule or parametrization
     (its predictions would be of another quantity than the network's)."""
-    from ..stage import stage_config_from_dict
-
     if role == "clip":
         raise ConfigError("clip.train: teacher is for the diffusion stages")
     folder = teacher_folder(path, role)
     if not (folder / CONFIG_NAME).is_file():
         raise CheckpointError(f"{role}.train.teacher: {path} holds neither {role}/{CONFIG_NAME} nor {CONFIG_NAME}")
     try:
-        theirs = stage_config_from_dict(role, read_json(folder / CONFIG_NAME)["config"])
-    except (ConfigError, KeyError) as e:
-        raise CheckpointError(f"{role}.train.teacher: {folder / CONFIG_NAME}: {e}") from None
+        theirs = load_stage_config(folder, role)
+    except CheckpointError as e:
+        raise CheckpointError(f"{role}.train.teacher: {e}") from None
     ours = model_config.stages[role]
     for name, a, b in (("schedule", theirs.schedule, ours.schedule),
                        ("parametrization", theirs.diffusion.parametrization, ours.diffusion.parametrization)):
