@@ -10,7 +10,7 @@ Every network of every implementation is timed through the same `Runner`: the sa
 (seeded), the same thread count, the same settings per mode (inference_mode always;
 channels-last tensors for the UNets in the "_cl" modes; bf16 autocast in "bf16_cl", with the
 convolution and linear weights held in bf16 during the call, as cascade's pipeline holds them:
-`cascade.hardware.bf16_weights`, for every implementation alike).
+`cascade.hardware.bf16_autocast`, for every implementation alike).
 Peers that cannot patchify take pixel-unshuffled inputs (and shuffle their output back)
 inside the timed call, so that they run at the same internal resolution as cascade.
 """
@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 try:
-    from .hardware import bf16_weights
+    from .hardware import bf16_autocast
 except ImportError:  # run by path in the peers' environment: the sibling file (it needs only torch)
     import os
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from hardware import bf16_weights
+    from hardware import bf16_autocast
 
 MODES = ("fp32", "fp32_cl", "bf16_cl")  # fp32 NCHW is the plain baseline; the pipeline runs channels-last
 PRIOR_MODES = ("fp32", "bf16_cl")  # no convolutions: channels-last means nothing to the prior
@@ -118,9 +118,9 @@ class Runner:
             if mode not in self._compiled:
                 self._compiled[mode] = torch.compile(self.call, dynamic=False)
             call = self._compiled[mode]
-        bf16 = mode.startswith("bf16")  # with the weights held in bf16 for the call, as the pipeline holds them
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), \
-                bf16_weights(self.module, enabled=bf16 and not mode.endswith(COMPILED)):
+        # the weights held in bf16 for the call, as the pipeline holds them
+        with torch.inference_mode(), bf16_autocast("cpu", self.module, mode.startswith("bf16"),
+                                                   not mode.endswith(COMPILED)):
             return call(self._inputs)
 
     def warmup(self, mode: str, min_seconds: float = 0.05) -> float:

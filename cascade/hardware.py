@@ -59,3 +59,14 @@ def bf16_weights(module: torch.nn.Module, enabled: bool = True) -> Iterator[None
     finally:
         for p, data in saved:
             p.data = data
+
+
+@contextlib.contextmanager
+def bf16_autocast(device_type: str, module: torch.nn.Module, enabled: bool = True,
+                  hold_weights: bool = True) -> Iterator[None]:
+    """Run `module` under bf16 autocast (when `enabled`) with its weights held in bf16 meanwhile
+    (`bf16_weights`; not with `hold_weights=False`, e.g. for a torch.compile'd module, whose graphs
+    would recompile for the other dtype)."""
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled), \
+            bf16_weights(module, enabled=enabled and hold_weights):
+        yield

@@ -15,7 +15,7 @@ from torch import Tensor
 from .checkpoint import INDEX_NAME, CheckpointError, check_format, index_data, load_stage, read_json, save_stage, \
     write_json
 from .degrade import lowres_condition
-from .hardware import bf16_weights, native_bf16
+from .hardware import bf16_autocast, native_bf16
 from .images import load_image, pil_to_tensor, tensor_to_pil
 from .model_config import ModelConfig, load_model_config
 from .slerp import slerp, slerp_noise
@@ -315,9 +315,7 @@ class CascadePipeline:
             noise = torch.randn(shape, generator=generator)
         if self.channels_last and noise.dim() == 4:
             noise = noise.contiguous(memory_format=torch.channels_last)
-        bf16 = role in self.bf16
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16), \
-                bf16_weights(stage.network, enabled=bf16 and role not in self.compiled):
+        with bf16_autocast(self.device.type, stage.network, role in self.bf16, role not in self.compiled):
             return stage.sample(shape, cond, uncond, generator=generator, noise=noise.to(self.device),
                                 sampling=sampling, progress=self.progress).float()
 
@@ -495,9 +493,7 @@ class CascadePipeline:
         text, drop = self._empty_text(B)
         cond = self._decoder_cond(image_embed, text, torch.zeros(B, dtype=torch.bool), drop)
         uncond = self._decoder_cond(image_embed, text, torch.ones(B, dtype=torch.bool), drop)
-        bf16 = "decoder" in self.bf16
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16), \
-                bf16_weights(dec.network, enabled=bf16 and "decoder" not in self.compiled):
+        with bf16_autocast(self.device.type, dec.network, "decoder" in self.bf16, "decoder" not in self.compiled):
             return dec.invert(x0.to(self.device), cond, uncond, sampling=sampling,
                               steps=max(INVERSION_STEPS, sampling.steps), progress=self.progress).float().cpu()
 

@@ -440,13 +440,13 @@ def test_bf16_stages_hold_their_weights_in_bf16_only_while_they_run(micro_config
     generation and for variations (the decoder's DDIM inversion), and leaves fp32 weights behind."""
     import contextlib
 
-    import cascade.pipeline as pipeline_module
+    import cascade.hardware as hardware_module
 
     pipe = _unzeroed(micro_config, bf16=True)
     src = Image.new("RGB", (64, 64), (200, 30, 30))
     kw = dict(seed=2, final_size=256, return_intermediates=True)
     seen = []
-    real = pipeline_module.bf16_weights
+    real = hardware_module.bf16_weights
 
     @contextlib.contextmanager
     def spy(module, enabled=True):
@@ -454,10 +454,10 @@ def test_bf16_stages_hold_their_weights_in_bf16_only_while_they_run(micro_config
             seen.append(next(m.weight.dtype for m in module.modules() if isinstance(m, torch.nn.Linear)))
             yield
 
-    monkeypatch.setattr(pipeline_module, "bf16_weights", spy)
+    monkeypatch.setattr(hardware_module, "bf16_weights", spy)
     held = pipe("a red circle", **kw), pipe.variations(src, 1, seed=1, final_size=64, return_intermediates=True)
     assert len(seen) >= 5 and all(d == torch.bfloat16 for d in seen)  # prior, decoder, SR, inversion, decoder
-    monkeypatch.setattr(pipeline_module, "bf16_weights", lambda module, enabled=True: contextlib.nullcontext())
+    monkeypatch.setattr(hardware_module, "bf16_weights", lambda module, enabled=True: contextlib.nullcontext())
     cast = pipe("a red circle", **kw), pipe.variations(src, 1, seed=1, final_size=64, return_intermediates=True)
     for a, b in zip(held, cast):
         for role in a.stages:
