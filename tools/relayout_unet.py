@@ -124,8 +124,7 @@ def relayout(old_net: nn.Module, new_net: nn.Module) -> tuple[list[str], list[st
         else:
             fresh.append(key)
     new_net.load_state_dict(new_state)
-    # a module counts as carried when any of its tensors was (a partly carried block is left alone)
-    _init_new_blocks(new, {m for m in carried_modules})
+    _init_new_blocks(new, carried_modules)  # a module any tensor was carried into is left alone
     return carried, fresh
 
 

@@ -74,10 +74,9 @@ def diffusion_loss(
             raise ValueError(f"the teacher predicts {teacher.config.parametrization}, the network {param}")
         with torch.no_grad():
             taught = teacher.predict(x_t, t, cond)[0].float()
+            taught_u = teacher.predict(x_t, t, uncond)[0].float() if uncond is not None else None
         goal = taught if teacher_weight == 1.0 else torch.lerp(goal.float(), taught, teacher_weight)
-        if uncond is not None:
-            with torch.no_grad():
-                taught_u = teacher.predict(x_t, t, uncond)[0].float()
+        if taught_u is not None:
             pred_u = denoiser.predict(x_t, t, uncond)[0].float()
             guided = guidance * (pred.float() - taught) + (1 - guidance) * (pred_u - taught_u)
             extra = guided.pow(2).reshape(B, -1).mean(dim=1)
