@@ -277,6 +277,9 @@ def test_a_student_equal_to_its_teacher_has_zero_loss_and_bad_teachers_are_refus
     train(capsys, "decoder", student, tmp_path / "guided", *common, "--set", f"teacher='{micro_dir}'",
           "--set", "teacher_guidance=3.0")
     assert all(r["loss"] < 1e-10 for r in read_loss_csv(tmp_path / "guided"))
+    train(capsys, "prior", student, tmp_path / "guided-prior", *common, "--set", f"teacher='{micro_dir}'",
+          "--set", "teacher_guidance=2.0")
+    assert all(r["loss"] < 1e-10 for r in read_loss_csv(tmp_path / "guided-prior"))
     # a stage folder names the teacher too; a missing one, or one of another parametrization, is refused
     train(capsys, "decoder", student, tmp_path / "taught2", *common, "--set", f"teacher='{micro_dir / 'decoder'}'")
     for role, extra, match in (("decoder", ["--set", "teacher_guidance=3.0"], "needs a teacher"),

@@ -183,7 +183,7 @@ class PriorTask(StageTask):
         cond = prior_condition(_text(batch), batch["text_drop"])
         if self.train.teacher_guidance is None:
             return batch["x0"], cond, batch["t"], batch["noise"]
-        uncond = prior_condition(_text(batch), torch.ones_like(batch["text_drop"]))
+        uncond = {**cond, "text_drop": torch.ones_like(cond["text_drop"])}  # as the pipeline's _prior makes it
         return batch["x0"], cond, batch["t"], batch["noise"], uncond
 
     @torch.no_grad()
