@@ -66,11 +66,12 @@ def read_json(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
-def save_weights(module: nn.Module, path: str | Path, dtype: torch.dtype | None = None,
+def save_weights(module: nn.Module | Mapping[str, torch.Tensor], path: str | Path, dtype: torch.dtype | None = None,
                  metadata: Mapping[str, str] | None = None) -> None:
-    """The module's state dict as safetensors (floating tensors cast to `dtype` if given)."""
+    """The module's state dict (or a state dict) as safetensors (floating tensors cast to `dtype` if given)."""
     state = {}
-    for k, v in module.state_dict().items():
+    items = module.state_dict().items() if isinstance(module, nn.Module) else module.items()
+    for k, v in items:
         v = v.detach().cpu()
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)

@@ -31,7 +31,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import open_clip
 import torch
@@ -66,6 +66,65 @@ from .clip_config import (  # noqa: F401  (ClipConfig, ClipError, TextEncoding a
     _refuse_pickle,
     _interpolation,
 )
+
+
+# ----------------------------------------------------------------------------- compact token embeddings
+
+ROWS_SUFFIX = ".rows"  # KEY.rows (int32, K): the token ids whose rows KEY (K + 1, W) holds; its last row is every other id's
+
+
+def _compact_rows(table: Tensor, rows: Iterable[int]) -> tuple[Tensor, Tensor]:
+    """(the kept rows + the mean of the others as one last row, the kept ids) of an embedding table."""
+    ids = torch.as_tensor(sorted({int(r) for r in rows}), dtype=torch.long)
+    if ids.numel() == 0 or ids[0] < 0 or ids[-1] >= table.shape[0]:
+        raise ClipError(f"token_rows must be token ids in [0, {table.shape[0]}), got {ids.numel()} ids"
+                        + (f" from {int(ids[0])} to {int(ids[-1])}" if ids.numel() else ""))
+    others = torch.ones(table.shape[0], dtype=torch.bool)
+    others[ids] = False
+    fill = table[others].mean(dim=0, keepdim=True) if others.any() else torch.zeros_like(table[:1])
+    return torch.cat([table[ids], fill.to(table.dtype)]), ids.to(torch.int32)
+
+
+def _expand_rows(state: dict[str, Tensor], expected: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """Expand every compact table (KEY + KEY.rows, from `_compact_rows`) in a loaded state dict to its full size."""
+    for rows_key in [k for k in state if k.endswith(ROWS_SUFFIX)]:
+        key = rows_key[: -len(ROWS_SUFFIX)]
+        rows, table = state.pop(rows_key).long(), state.get(key)
+        full = expected.get(key)
+        ok = (full is not None and table is not None and rows.ndim == 1 and table.ndim == 2
+              and table.shape == (rows.numel() + 1, full.shape[1]) and rows.numel() > 0
+              and int(rows.min()) >= 0 and int(rows.max()) < full.shape[0] and rows.unique().numel() == rows.numel())
+        if not ok:
+            raise ClipError(f"{str(path)!r}: {rows_key} does not describe a compact form of {key} "
+                            f"(rows {tuple(rows.shape)}, table {None if table is None else tuple(table.shape)}, "
+                            f"model {None if full is None else tuple(full.shape)})")
+        expanded = table[-1:].expand(full.shape[0], -1).clone()
+        expanded[rows] = table[:-1]
+        state[key] = expanded
+    return state
+
+
+def _is_compact(path: str | os.PathLike) -> bool:
+    if not str(path).endswith(".safetensors"):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return any(k.endswith(ROWS_SUFFIX) for k in f.keys())
+
+
+def _load_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
+
+
+def shapeworld_token_rows(clip: "CLIP") -> list[int]:
+    """The token ids of every word ShapeWorld's captions, paraphrases and caption parser use (with
+    the start, end and padding tokens): the rows of the token embedding a ShapeWorld CLIP trained."""
+    from .data.shapeworld import vocabulary_captions
+
+    return sorted(int(i) for i in clip.tokenize(vocabulary_captions()).unique())
 
 
 # ----------------------------------------------------------------------------- the wrapper
@@ -161,7 +220,10 @@ class CLIP(nn.Module):
             raise ClipError(f"CLIP model {name!r} is not a contrastive image-text model")
         if weights is not None:
             try:
-                open_clip.load_checkpoint(model, str(weights), strict=True)
+                if _is_compact(weights):  # written by save_pretrained(token_rows=...): open_clip cannot read it
+                    model.load_state_dict(_expand_rows(_load_safetensors(weights), model.state_dict(), Path(weights)))
+                else:
+                    open_clip.load_checkpoint(model, str(weights), strict=True)
             except Exception as e:
                 raise ClipError(
                     f"could not load {str(weights)!r} into CLIP model {name!r}: {type(e).__name__}: {_one_line(e)}"
@@ -205,6 +267,7 @@ class CLIP(nn.Module):
         except (SafetensorError, OSError, ValueError) as e:
             raise ClipError(f"{str(path)!r} is not a readable safetensors file: {_one_line(e)}") from e
         expected = self.model.state_dict()
+        state = _expand_rows(state, expected, path)
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         shapes = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
@@ -227,13 +290,24 @@ class CLIP(nn.Module):
             raise ClipError(f"{str(path)!r} does not match CLIP model {self.config.model_name!r}: " + "; ".join(problems))
         self.model.load_state_dict(state, strict=True)
 
-    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
+                        token_rows: Iterable[int] | None = None) -> None:
         """Write model.safetensors (floating weights cast to `dtype` if given) and config.json
-        (the resolved ClipConfig), each atomically."""
+        (the resolved ClipConfig), each atomically.
+
+        With `token_rows` (the token ids the CLIP was trained on, e.g. `shapeworld_token_rows`), the
+        token embedding keeps those rows exactly and one shared row, the mean of the others, for
+        every other token: a CLIP trained on a small vocabulary ships without the tens of thousands
+        of rows it never trained. Loading expands the table again, so every prompt made of those
+        tokens encodes bit for bit as before; a word outside them reads the shared row."""
         from .checkpoint import save_weights, write_json
 
         folder = Path(folder)
-        save_weights(self.model, folder / WEIGHTS_NAME, dtype=dtype, metadata={"format": "pt"})
+        state = self.model.state_dict()
+        if token_rows is not None:
+            key = self._token_embedding_key()
+            state[key], state[key + ROWS_SUFFIX] = _compact_rows(state[key], token_rows)
+        save_weights(state, folder / WEIGHTS_NAME, dtype=dtype, metadata={"format": "pt"})
         write_json(folder / CONFIG_NAME, to_dict(self.resolved_config))
 
     @property
@@ -285,6 +359,10 @@ class CLIP(nn.Module):
     @property
     def text_width(self) -> int:
         return int(self._text_tower()["width"])
+
+    def _token_embedding_key(self) -> str:
+        """The state-dict key of the text tower's token embedding table."""
+        return "token_embedding.weight" if self._text_tower()["kind"] == "clip" else "text.token_embedding.weight"
 
     def _text_tower(self) -> dict:
         """The pieces of the text tower that expose per-token states, or a clear error."""

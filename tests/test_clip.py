@@ -143,6 +143,43 @@ def test_round_trip_is_bit_identical(clip: CLIP, tmp_path) -> None:
     assert torch.equal(via_path.encode_image(ims), clip.encode_image(ims))
 
 
+def test_compact_token_rows_round_trip(clip: CLIP, tmp_path) -> None:
+    """save_pretrained(token_rows=...) keeps those rows exactly and one shared row for the rest: every
+    ShapeWorld caption encodes bit for bit as before, an unknown word reads the mean of the dropped rows."""
+    from cascade.clip import shapeworld_token_rows
+    from cascade.data.shapeworld import paraphrases, sample_scenes
+
+    rows = shapeworld_token_rows(clip)
+    scenes = sample_scenes(300, seed=1) + sample_scenes(300, seed=2, n_objects=2)
+    captions = [c for s in scenes for c in paraphrases(s)] + ["a big grey stars in the middle", "circles left of squares"]
+    assert set(clip.tokenize(captions).unique().tolist()) <= set(rows) and 40 <= len(rows) < 100
+    clip.save_pretrained(tmp_path / "full", dtype=torch.float16)
+    clip.save_pretrained(tmp_path / "compact", dtype=torch.float16, token_rows=rows)
+    key = clip._token_embedding_key()
+    table = clip.model.state_dict()[key].half().float()
+    size = lambda name: (tmp_path / name / "model.safetensors").stat().st_size  # noqa: E731
+    assert size("full") - size("compact") > 0.95 * table.numel() * 2  # the fp16 table, all but ~50 rows
+    state = load_file(str(tmp_path / "compact" / "model.safetensors"))
+    assert state[key].shape == (len(rows) + 1, table.shape[1]) and state[key + ".rows"].tolist() == rows
+    loaded, reference = CLIP.from_pretrained(tmp_path / "compact"), CLIP.from_pretrained(tmp_path / "full")
+    assert torch.equal(loaded.encode_text(captions).tokens, reference.encode_text(captions).tokens)
+    assert torch.equal(loaded.encode_text(captions).embed, reference.encode_text(captions).embed)
+    dropped = torch.ones(table.shape[0], dtype=torch.bool)
+    dropped[rows] = False
+    loaded_table = loaded.model.state_dict()[key]
+    assert torch.equal(loaded_table[rows], table[rows])
+    fill = clip.model.state_dict()[key][dropped].mean(0).half().float()
+    assert torch.equal(loaded_table[dropped], fill.expand(int(dropped.sum()), -1))
+    # the same file through ClipConfig.pretrained, and a compact file that does not fit is refused by name
+    via_path = CLIP.from_config(ClipConfig("cascade-tiny", pretrained=str(tmp_path / "compact" / "model.safetensors")))
+    assert torch.equal(via_path.encode_text(captions[:8]).embed, loaded.encode_text(captions[:8]).embed)
+    _corrupt(tmp_path / "compact", tmp_path / "bad", lambda s: s.__setitem__(key + ".rows", torch.tensor([0, 0], dtype=torch.int32)))
+    with pytest.raises(ClipError, match="token_embedding.weight.rows does not describe a compact form"):
+        CLIP.from_pretrained(tmp_path / "bad")
+    with pytest.raises(ClipError, match="token_rows must be token ids"):
+        clip.save_pretrained(tmp_path / "none", token_rows=[10**6])
+
+
 def _corrupt(src, dst, edit) -> None:
     dst.mkdir()
     (dst / "config.json").write_text((src / "config.json").read_text())

@@ -29,4 +29,4 @@ for stage in ${STAGES:-clip prior sr256 sr1024 decoder}; do
   cascade train "$stage" --config "$config" --model "$state/model" --run "$state/run-$stage" --resume \
     ${MAX_MINUTES:+--max-minutes "$MAX_MINUTES"} 2>&1 | tee -a "$state/$stage.log"
 done
-python "$here/tools/export_model.py" "$state/model" "$here/cascade/weights/shapes" --fp16
+python "$here/tools/export_model.py" "$state/model" "$here/cascade/weights/shapes" --fp16 --vocabulary shapeworld

@@ -20,6 +20,7 @@ An object's ``(x, y)`` is always the centre of its bounding box (not of its circ
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass, replace
@@ -32,7 +33,7 @@ __all__ = [
     "BACKGROUNDS", "COLOURS", "SHAPES", "SIZES", "POSITIONS", "POSITION_PHRASES", "RELATIONS",
     "RELATION_PHRASES", "MIRRORED_RELATION", "HELD_OUT", "JITTER", "STAR_INNER_RATIO", "TEMPLATES", "N_TEMPLATES",
     "Obj", "Scene", "position_name", "is_held_out", "scene_has_held_out", "scene_problems",
-    "caption", "paraphrases", "parse_caption", "sample_scene", "sample_scenes", "scene_at",
+    "caption", "paraphrases", "vocabulary_captions", "parse_caption", "sample_scene", "sample_scenes", "scene_at",
     "held_out_scenes", "edit_scene", "editable_attributes", "EDITABLE", "render", "render_array",
     "render_batch", "scene_to_dict",
     "scene_from_dict", "unit_polygon", "SHAPE_EXTENT", "SHAPE_AREA", "SHAPE_CENTROID_DY",
@@ -249,6 +250,20 @@ def caption(scene: Scene, template: int = 0) -> str:
 def paraphrases(scene: Scene) -> list[str]:
     """Every template's caption of ``scene``; element 0 is the canonical caption."""
     return [caption(scene, t) for t in range(N_TEMPLATES)]
+
+
+def vocabulary_captions() -> list[str]:
+    """Captions that together hold every word the caption templates write and the parser reads:
+    each template over each value of each attribute, and the parser's aliases (plurals, "big",
+    "in the middle", "grey", "centre", ...). The words a CLIP trained on ShapeWorld has seen."""
+    out = []
+    for t in TEMPLATES:
+        for size, colour, shape, bg in itertools.product(SIZES, COLOURS, SHAPES, BACKGROUNDS):
+            out.append(t.format(body=f"a {size} {colour} {shape} in the center", bg=bg))
+        for phrase in (*POSITION_PHRASES.values(), *RELATION_PHRASES.values()):
+            out.append(t.format(body=f"a small red circle {phrase} a large blue square", bg="white"))
+    aliases = [*_WORDS_SHAPE, *_POS_ALIASES, *_REL_ALIASES, *_FILLER, "big", "an", "grey", "centre"]
+    return out + [f"{a} on a white background" for a in aliases]
 
 
 _WORDS_SHAPE = {"circle": "circle", "circles": "circle", "square": "square", "squares": "square",
