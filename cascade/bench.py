@@ -33,7 +33,7 @@ import torch
 
 from .bench_worker import COMPILED, DTYPE_OF_MODE, Runner, make_inputs, matmul_peak, median, modes_for
 from .bench_report import render_markdown, summarize
-from .hardware import native_bf16
+from .hardware import native_bf16, peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "bench_worker.py"
@@ -331,8 +331,6 @@ def bench_training(config_path: Path, spec: dict[str, Any], client: Optional[Pee
 # ---------------------------------------------------------------------------- text -> 1024
 def e2e_child(model: str, threads: int, repeats: int, prompt: str) -> None:
     """Run in a fresh process: load the model, one cold and `repeats` warm text -> 1024 generations."""
-    import resource
-
     from .pipeline import CascadePipeline
 
     torch.set_num_threads(threads)
@@ -365,7 +363,7 @@ def e2e_child(model: str, threads: int, repeats: int, prompt: str) -> None:
         "seconds": median(totals[1:]) if repeats else totals[0], "repeats": repeats,
         "stage_seconds": {k: median(v) for k, v in times.items()} if repeats else first,
         "image_size": list(image.size), "bf16": sorted(pipe.bf16), "threads": torch.get_num_threads(),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
     print("E2E " + json.dumps(result), flush=True)
 

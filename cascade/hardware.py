@@ -70,3 +70,21 @@ def bf16_autocast(device_type: str, module: torch.nn.Module, enabled: bool = Tru
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled), \
             bf16_weights(module, enabled=enabled and hold_weights):
         yield
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: Linux's VmHWM, the high-water mark of the process's
+    own memory since it started its program. Not `getrusage`'s ru_maxrss, which on Linux a child
+    inherits from its parent across fork and exec (a small child of a 2 GB process reports 2 GB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere

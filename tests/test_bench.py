@@ -195,3 +195,22 @@ def test_the_text_to_1024_child_reports_json(micro_dir, capsys):
     result = json.loads(line[4:])
     assert result["image_size"] == [1024, 1024] and isinstance(result["bf16"], list)
     assert result["seconds"] > 0 and result["peak_rss_mb"] > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux's /proc")
+def test_peak_rss_is_the_childs_own_not_its_parents():
+    """The text -> 1024 child reports its own peak memory. getrusage's ru_maxrss, which it used until
+    session 18, carries the parent's peak across fork and exec: the bench's parent, grown to 2 GB by
+    the network timings, made a 1.6 GB child report 2,050 MB."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(1 << 30)  # 1 GiB, touched, in this (the parent) process
+    ballast[::4096] = b"\1" * len(ballast[::4096])
+    code = ("import resource; from cascade.hardware import peak_rss_mb; "
+            "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True).stdout.split())
+    del ballast
+    assert inherited > 1024, "ru_maxrss no longer carries the parent's peak here: the premise changed"
+    assert 10 < own < inherited - 500, (own, inherited)

@@ -9,13 +9,13 @@ Prints the median over repeats (after one warm-up) of each stage's seconds and t
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import time
 
 import torch
 
 from cascade.cli import _stage_choice
+from cascade.hardware import peak_rss_mb
 from cascade.pipeline import CascadePipeline
 
 
@@ -64,7 +64,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, bf16: {', '.join(sorted(pipe.bf16)) or 'none'}, "
           f"channels-last: {'yes' if pipe.channels_last else 'no'}, "
           f"compiled: {', '.join(sorted(pipe.compiled)) or 'none'})")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"peak RSS {peak_rss_mb():.0f} MB")
 
 
 if __name__ == "__main__":
