@@ -113,12 +113,6 @@ def _is_compact(path: str | os.PathLike) -> bool:
         return any(k.endswith(ROWS_SUFFIX) for k in f.keys())
 
 
-def _load_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path), device="cpu")
-
-
 def shapeworld_token_rows(clip: "CLIP") -> list[int]:
     """The token ids of every word ShapeWorld's captions, paraphrases and caption parser use (with
     the start, end and padding tokens): the rows of the token embedding a ShapeWorld CLIP trained."""
@@ -221,7 +215,9 @@ class CLIP(nn.Module):
         if weights is not None:
             try:
                 if _is_compact(weights):  # written by save_pretrained(token_rows=...): open_clip cannot read it
-                    model.load_state_dict(_expand_rows(_load_safetensors(weights), model.state_dict(), Path(weights)))
+                    from safetensors.torch import load_file
+
+                    model.load_state_dict(_expand_rows(load_file(str(weights), device="cpu"), model.state_dict(), Path(weights)))
                 else:
                     open_clip.load_checkpoint(model, str(weights), strict=True)
             except Exception as e:

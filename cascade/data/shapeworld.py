@@ -262,7 +262,7 @@ def vocabulary_captions() -> list[str]:
             out.append(t.format(body=f"a {size} {colour} {shape} in the center", bg=bg))
         for phrase in (*POSITION_PHRASES.values(), *RELATION_PHRASES.values()):
             out.append(t.format(body=f"a small red circle {phrase} a large blue square", bg="white"))
-    aliases = [*_WORDS_SHAPE, *_POS_ALIASES, *_REL_ALIASES, *_FILLER, "big", "an", "grey", "centre"]
+    aliases = [*_WORDS_SHAPE, *_POS_ALIASES, *_REL_ALIASES, *_FILLER, "big", "grey", "centre"]
     return out + [f"{a} on a white background" for a in aliases]
 
 
