@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from .common import ChannelLayerNorm, TimestepMLP, attention, key_padding_bias, make_norm, zero_module
@@ -191,13 +192,16 @@ class ResBlock(nn.Module):
 def _modulated_norm(norm: nn.Module, h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """norm(h) * (1 + scale) + shift in one pass where possible (inference only).
 
-    With a per-pixel LayerNorm and one sample, scale and shift fold into the norm's own affine
-    (weight * (1 + scale), bias * (1 + scale) + shift); otherwise one fused multiply-add.
+    With one sample, scale and shift fold into the norm's own per-channel affine (weight * (1 +
+    scale), bias * (1 + scale) + shift) of a per-pixel LayerNorm or a GroupNorm; otherwise one
+    fused multiply-add.
     """
-    if isinstance(norm, ChannelLayerNorm) and h.shape[0] == 1:
+    if h.shape[0] == 1 and isinstance(norm, (ChannelLayerNorm, nn.GroupNorm)) and norm.weight is not None:
         s = 1 + scale.reshape(-1).to(norm.weight.dtype)
         weight = norm.weight * s
         bias = torch.addcmul(shift.reshape(-1).to(norm.bias.dtype), norm.bias, s)
+        if isinstance(norm, nn.GroupNorm):
+            return F.group_norm(h, norm.num_groups, weight, bias, norm.eps)
         return norm(h, weight, bias)
     return torch.addcmul(shift, norm(h), 1 + scale)
 
@@ -340,6 +344,20 @@ class UNet(nn.Module):
         self.norm_out = make_norm(c.norm, chs[0], c.norm_groups, c.norm_eps)
         self.conv_out = zero_module(nn.Conv2d(chs[0], c.out_channels * p * p, 3, padding=1))
 
+    def _patch_conv_in(self, x: Tensor) -> Tensor:
+        """conv_in(pixel_unshuffle(x, p)). Without autograd as one convolution of x with stride p: a 3x3
+        kernel over p x p patches is a 3p x 3p kernel at stride p over pixels (padding p), so the
+        unshuffled copy of x is never made (the same sums in another order)."""
+        p = self.config.patch_size
+        if p == 1:
+            return self.conv_in(x)
+        if torch.is_grad_enabled():
+            return self.conv_in(F.pixel_unshuffle(x, p))
+        w = rearrange(self.conv_in.weight, "o (c i j) kh kw -> o c (kh i) (kw j)", i=p, j=p)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            w = w.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, w, self.conv_in.bias, stride=p, padding=p)
+
     def forward(
         self,
         x: Tensor,
@@ -358,8 +376,7 @@ class UNet(nn.Module):
         time_emb = self.time_embed(t)
         emb = time_emb if emb is None else time_emb + emb
 
-        h = F.pixel_unshuffle(x, c.patch_size) if c.patch_size > 1 else x
-        h = self.conv_in(h)
+        h = self._patch_conv_in(x)
         skips = [h]
         for level in self.down:
             for i, res in enumerate(level.res):

@@ -380,17 +380,20 @@ def test_efficient_layout_moves_work_to_low_resolution():
         assert net(x, torch.tensor([5.0, 500.0]), lowres=x).shape == x.shape
 
 
-@pytest.mark.parametrize("norm, batch, layout", [("layer", 1, "plain"), ("layer", 2, "plain"), ("group", 1, "plain"),
-                                                 ("layer", 2, "efficient")])
-def test_unet_inference_path_equals_the_training_path(norm, batch, layout):
-    """Without autograd the ResBlocks work in place and fold the scale-shift into the norm; the
-    result must be the autograd path's (fp32 exactly up to rounding; bf16 within its precision)."""
+@pytest.mark.parametrize("norm, batch, layout, patch, cl", [
+    ("layer", 1, "plain", 2, True), ("layer", 2, "plain", 2, True), ("group", 1, "plain", 2, True),
+    ("group", 2, "plain", 1, True), ("layer", 2, "efficient", 2, True), ("layer", 1, "efficient", 4, False)])
+def test_unet_inference_path_equals_the_training_path(norm, batch, layout, patch, cl):
+    """Without autograd the ResBlocks work in place and fold the scale-shift into the norm, and the
+    patching input convolution is one strided convolution; the result must be the autograd path's
+    (fp32 exactly up to rounding; bf16 within its precision)."""
     extra = dict(num_res_blocks=(0, 2), subpixel_upsample=True) if layout == "efficient" else {}
-    sr = perturbed(SuperRes(from_dict(SuperResConfig, dict(TINY_UNET, norm=norm, patch_size=2, **extra)))).eval()
-    sr = sr.to(memory_format=torch.channels_last)
+    sr = perturbed(SuperRes(from_dict(SuperResConfig, dict(TINY_UNET, norm=norm, patch_size=patch, **extra)))).eval()
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    sr = sr.to(memory_format=fmt)
     g = torch.Generator().manual_seed(batch)
-    x = torch.randn(batch, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
-    lowres = torch.randn(x.shape, generator=g).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 32, 24, generator=g).contiguous(memory_format=fmt)
+    lowres = torch.randn(x.shape, generator=g).contiguous(memory_format=fmt)
     t, aug = torch.tensor([30.0, 700.0][:batch]), torch.tensor([0.0, 0.2][:batch])
     for bf16 in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
