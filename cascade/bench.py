@@ -422,7 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.sizes:
         sizes = args.sizes.split(",")
     roles = args.networks.split(",") if args.networks else list(specs)
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = args.repeats or (5 if args.quick else 7)  # quick: 3 until session 19 (SR-256 ratio 1.33-1.66x in 4 runs)
     started = time.time()
     result: dict[str, Any] = {"command": " ".join(sys.argv), "quick": bool(args.quick), "config": str(config_path),
                               "machine": machine_info(threads), "note": args.note, "repeats": repeats,
@@ -477,13 +477,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", default=str(DEFAULT_PEERS) if peer_python(DEFAULT_PEERS) else None, metavar="DIR",
                    help="the peers' virtual environment (make it with `tools/bench.py --setup-peers DIR`; "
                         f"default {DEFAULT_PEERS} or $CASCADE_BENCH_PEERS, when it exists)")
-    p.add_argument("--quick", action="store_true", help="shipped sizes only, 3 rounds, 2 training steps (a few minutes)")
+    p.add_argument("--quick", action="store_true", help="shipped sizes only, 5 rounds, 2 training steps (a few minutes)")
     p.add_argument("--json", metavar="FILE", help="write the results here (default: docs/bench.json, not with --quick)")
     p.add_argument("--md", metavar="FILE", help="write the Markdown report here (default: next to --json)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the model family whose networks are timed")
     p.add_argument("--model", help="model folder for text -> 1024 (default: the shipped model, else `cascade init`)")
     p.add_argument("--threads", type=int, help="torch threads for every implementation (default: all cores)")
-    p.add_argument("--repeats", type=int, help="interleaved timing rounds per network and mode (default 7; quick 3)")
+    p.add_argument("--repeats", type=int, help="interleaved timing rounds per network and mode (default 7; quick 5)")
     p.add_argument("--train-steps", type=int, help="timed training steps per implementation (default 5; quick 2)")
     p.add_argument("--sizes", help="comma-separated: shipped,base (default both; quick: shipped)")
     p.add_argument("--networks", help="comma-separated subset of prior,decoder,sr256,sr1024")
