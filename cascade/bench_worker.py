@@ -9,8 +9,10 @@ count FLOPs, time a training step. The peers are never imported into cascade's e
 Every network of every implementation is timed through the same `Runner`: the same inputs
 (seeded), the same thread count, the same settings per mode (inference_mode always;
 channels-last tensors for the UNets in the "_cl" modes; bf16 autocast in "bf16_cl", with the
-convolution and linear weights held in bf16 during the call, as cascade's pipeline holds them:
-`cascade.hardware.bf16_autocast`, for every implementation alike).
+convolution and linear weights held in bf16 across a timed sample's calls, as cascade's pipeline
+holds them across a stage's sampling steps: `cascade.hardware.bf16_autocast`, for every
+implementation alike; before session 20 they were cast at every call, which added a fixed
+~1-2 ms to every evaluation of every implementation).
 Peers that cannot patchify take pixel-unshuffled inputs (and shuffle their output back)
 inside the timed call, so that they run at the same internal resolution as cascade.
 """
@@ -29,12 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 try:
-    from .hardware import bf16_autocast
+    from .hardware import bf16_autocast, bf16_weights
 except ImportError:  # run by path in the peers' environment: the sibling file (it needs only torch)
     import os
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from hardware import bf16_autocast
+    from hardware import bf16_autocast, bf16_weights
 
 MODES = ("fp32", "fp32_cl", "bf16_cl")  # fp32 NCHW is the plain baseline; the pipeline runs channels-last
 PRIOR_MODES = ("fp32", "bf16_cl")  # no convolutions: channels-last means nothing to the prior
@@ -126,9 +128,10 @@ class Runner:
     def warmup(self, mode: str, min_seconds: float = 0.05) -> float:
         """Two untimed calls; fixes how many calls one timed sample groups. Returns ms per call."""
         self.run(mode)
-        t0 = time.perf_counter()
-        self.run(mode)
-        dt = time.perf_counter() - t0
+        with self._held_weights(mode):
+            t0 = time.perf_counter()
+            self.run(mode)
+            dt = time.perf_counter() - t0
         self.repeat[mode] = max(1, min(50, math.ceil(min_seconds / max(dt, 1e-6))))
         return dt * 1e3 / self.evaluations
 
@@ -138,10 +141,17 @@ class Runner:
             self.warmup(mode)
         n = self.repeat[mode]
         self.set_mode(mode)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            self.run(mode)
-        return (time.perf_counter() - t0) * 1e3 / (n * self.evaluations)
+        with self._held_weights(mode):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                self.run(mode)
+            return (time.perf_counter() - t0) * 1e3 / (n * self.evaluations)
+
+    def _held_weights(self, mode: str):
+        """The bf16 modes' weights held in bf16 across several calls (each call's own `bf16_weights` then
+        finds nothing to cast), as the pipeline holds them across a stage's steps; compiled modes keep
+        theirs (their graphs were traced with fp32 weights)."""
+        return bf16_weights(self.module, enabled=mode.startswith("bf16") and not mode.endswith(COMPILED))
 
     def flops(self, mode: str = "fp32") -> int:
         from torch.utils.flop_counter import FlopCounterMode
