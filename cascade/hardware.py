@@ -42,14 +42,15 @@ def bf16_weights(module: torch.nn.Module, enabled: bool = True) -> Iterator[None
     anyway: the outputs are bit for bit the same. It saves the casts, which autocast does not
     cache under `torch.inference_mode` (the samplers' mode): 5–11% of a shipped decoder
     evaluation (session 17, two interleaved runs), its 17.7M weights read and written again at
-    every step. Outside autocast the
+    every step. Modules with a true `hold_fp32` attribute keep theirs (`stages.common.EmbeddingLinear`,
+    which computes in fp32 anyway). Outside autocast the
     network would see bf16 weights and fp32 inputs: use it only around autocast regions.
     """
     saved = []
     if enabled:
         with torch.no_grad():
             for m in module.modules():
-                if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
+                if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)) and not getattr(m, "hold_fp32", False):
                     for p in (m.weight, m.bias):
                         if p is not None and p.dtype == torch.float32:
                             saved.append((p, p.data))

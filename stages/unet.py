@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .common import ChannelLayerNorm, TimestepMLP, attention, key_padding_bias, make_norm, zero_module
+from .common import (ChannelLayerNorm, EmbeddingLinear, TimestepMLP, attention, key_padding_bias, make_norm,
+                     zero_module)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class ResBlock(nn.Module):
         self.scale_shift = c.scale_shift_norm
         self.norm1 = make_norm(c.norm, in_channels, c.norm_groups, c.norm_eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if c.scale_shift_norm else out_channels)
+        self.emb_proj = EmbeddingLinear(emb_dim, 2 * out_channels if c.scale_shift_norm else out_channels)
         self.norm2 = make_norm(c.norm, out_channels, c.norm_groups, c.norm_eps)
         self.dropout = nn.Dropout(c.dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))

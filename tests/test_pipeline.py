@@ -451,7 +451,10 @@ def test_bf16_stages_hold_their_weights_in_bf16_only_while_they_run(micro_config
     @contextlib.contextmanager
     def spy(module, enabled=True):
         with real(module, enabled):
-            seen.append(next(m.weight.dtype for m in module.modules() if isinstance(m, torch.nn.Linear)))
+            layers = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+            seen.append(next(m.weight.dtype for m in layers if not getattr(m, "hold_fp32", False)))
+            # the per-sample embedding projections keep fp32 weights (they compute in fp32)
+            assert all(m.weight.dtype == torch.float32 for m in layers if getattr(m, "hold_fp32", False))
             yield
 
     monkeypatch.setattr(hardware_module, "bf16_weights", spy)

@@ -411,6 +411,30 @@ def test_unet_inference_path_equals_the_training_path(norm, batch, layout, patch
             assert (fast.float() - slow.detach().float()).abs().mean() < 5e-3 * scale
 
 
+def test_embedding_linear_computes_in_fp32_without_autograd_and_keeps_its_weights():
+    """The per-sample projections (time embedding, AdaGN scale-shift) run in fp32 outside autocast
+    when no gradient is needed: autocast's dtype out, the fp32 product's value; with autograd they
+    are a plain Linear; `bf16_weights` leaves their weights in fp32 and holds the others in bf16."""
+    from cascade.hardware import bf16_weights
+    from stages.common import EmbeddingLinear
+
+    torch.manual_seed(0)
+    lin, other = EmbeddingLinear(64, 96), torch.nn.Linear(64, 96)
+    x = torch.randn(2, 64)
+    exact = x @ lin.weight.T + lin.bias
+    with torch.autocast("cpu", dtype=torch.bfloat16), bf16_weights(torch.nn.ModuleList([lin, other])):
+        assert lin.weight.dtype == torch.float32 and other.weight.dtype == torch.bfloat16
+        with torch.inference_mode():
+            fast = lin(x)
+        slow = lin(x)
+    assert fast.dtype == slow.dtype == torch.bfloat16
+    assert torch.equal(fast, exact.to(torch.bfloat16))  # fp32 product, rounded once
+    assert not torch.equal(slow, fast) and (slow.float() - exact).abs().max() < 0.05  # the bf16 product
+    assert slow.requires_grad and other.weight.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), exact)  # no autocast: fp32 in, fp32 out
+
+
 def test_karlo_style_superres_has_no_aug_embedding():
     config = from_dict(SuperResConfig, dict(TINY_UNET, scale_shift_norm=False, aug_level_conditioning=False))
     sr = perturbed(SuperRes(config))
