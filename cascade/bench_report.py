@@ -190,7 +190,9 @@ def render_markdown(result: dict[str, Any]) -> str:
          + (f" {result['note']}" if result.get("note") else ""),
          f"- Timing: {result['repeats']} rounds per network and mode after two warm-up calls, interleaved between "
          "implementations (the order rotating every round) so that machine noise hits all alike; the median is "
-         "reported. Short calls are grouped (≥ 50 ms per sample). All under `torch.inference_mode()`; FLOPs from "
+         "reported. Short calls are grouped (≥ 50 ms per sample); in the eager bf16 modes a sample holds the "
+         "convolution and linear weights in bf16 across its calls, as the pipeline does across a stage's steps "
+         "(since session 20; before, they were cast at every call). All under `torch.inference_mode()`; FLOPs from "
          "`torch.utils.flop_counter.FlopCounterMode` (fp32 call).", ""]
     L += ["## Targets", "",
           "| target | measured | |", "| --- | --- | --- |",
