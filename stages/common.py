@@ -130,7 +130,10 @@ class ChannelLayerNorm(nn.Module):
 
 
 def make_norm(kind: str, channels: int, groups: int, eps: float) -> nn.Module:
-    """The normalisation of a UNet: "group" (GroupNorm, as GLIDE/Karlo) or "layer" (per-pixel)."""
+    """The normalisation of a UNet: "group" (GroupNorm, as GLIDE/Karlo), "layer" (per-pixel) or "none"
+    (identity: a `norm_free_levels` level, as EDSR's normalisation-free super-resolution blocks)."""
+    if kind == "none":
+        return nn.Identity()
     if kind == "group":
         if channels % groups:
             raise ValueError(f"GroupNorm: {channels} channels are not divisible by {groups} groups")

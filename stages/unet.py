@@ -12,6 +12,8 @@ The efficient layout (the idea of Imagen's Efficient U-Net, Saharia et al. 2022,
 weights moved from the high-resolution levels to the low ones, convolutions done before
 upsampling) is two options: per-level `num_res_blocks` (0 at the top level leaves it the input
 convolution and one up block) and `subpixel_upsample`. The shipped SR stages use it (session 16).
+`norm_free_levels` leaves the highest-resolution levels without norm layers (EDSR, Lim et al. 2017:
+super-resolution networks do without them); the shipped SR-256 has none at its top level (session 20).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class UNetConfig:
     norm: Literal["group", "layer"] = "group"  # GroupNorm (GLIDE, Karlo) or per-pixel LayerNorm (fast on CPU)
     norm_groups: int = 32
     norm_eps: float = 1e-5
+    norm_free_levels: int = 0  # the first N levels (the highest resolutions) without norm layers (EDSR-style)
     scale_shift_norm: bool = True  # AdaGN: norm(h) * (1 + scale) + shift; False: h + emb before the norm
     resblock_updown: bool = True  # BigGAN-style resampling residual blocks; False: strided / upsampling convs
     subpixel_upsample: bool = False  # upsample by a 3x3 conv at the low resolution + pixel shuffle (see SubpixelUpsample)
@@ -65,6 +68,9 @@ class UNetConfig:
         if len(counts) > 1 and counts[-1] == 0 and self.channel_mult[-1] != self.channel_mult[-2]:
             raise ValueError(f"num_res_blocks {self.num_res_blocks}: the last level changes the width "
                              f"({self.channel_mult[-2]} -> {self.channel_mult[-1]}), so it needs a block")
+        if not 0 <= self.norm_free_levels <= len(self.channel_mult):
+            raise ValueError(f"norm_free_levels {self.norm_free_levels} must be between 0 and the "
+                             f"{len(self.channel_mult)} levels")
         for mult in self.channel_mult:
             ch = mult * self.model_channels
             if self.attention_resolutions or self.mid_attention:
@@ -86,6 +92,10 @@ class UNetConfig:
     def downsampling_factor(self) -> int:
         """H and W of an input must be multiples of this."""
         return self.patch_size * 2 ** (len(self.channel_mult) - 1)
+
+    def level_norm(self, level: int) -> str:
+        """The norm kind of the blocks at `level`: "none" for the first `norm_free_levels` levels."""
+        return "none" if level < self.norm_free_levels else self.norm
 
     def level_resolution(self, level: int) -> int:
         return self.image_size // (self.patch_size * 2**level)
@@ -147,15 +157,17 @@ class ResBlock(nn.Module):
         emb_dim: int,
         config: UNetConfig,
         resample: Literal["none", "down", "up"] = "none",
+        norm: str | None = None,
     ):
         super().__init__()
         c = config
+        norm = norm or c.norm
         self.resample = resample
         self.scale_shift = c.scale_shift_norm
-        self.norm1 = make_norm(c.norm, in_channels, c.norm_groups, c.norm_eps)
+        self.norm1 = make_norm(norm, in_channels, c.norm_groups, c.norm_eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = EmbeddingLinear(emb_dim, 2 * out_channels if c.scale_shift_norm else out_channels)
-        self.norm2 = make_norm(c.norm, out_channels, c.norm_groups, c.norm_eps)
+        self.norm2 = make_norm(norm, out_channels, c.norm_groups, c.norm_eps)
         self.dropout = nn.Dropout(c.dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
@@ -172,18 +184,20 @@ class ResBlock(nn.Module):
         # the norm (fewer passes over the feature map, which dominate at high resolution); the
         # result is the same up to bf16 rounding order.
         fast = not torch.is_grad_enabled()
-        h = F.silu(self.norm1(x), inplace=fast)
-        h = self.conv1(self._resample(h))
+        h = F.silu(self.norm1(x), inplace=fast and not isinstance(self.norm1, nn.Identity))  # x itself is kept
+        h = self._resample(h)
         x = self._resample(x)
         e = self.emb_proj(F.silu(emb))[:, :, None, None]
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            if fast:
-                h = _modulated_norm(self.norm2, h, scale, shift)
+            if fast and h.shape[0] == 1 and isinstance(self.norm2, nn.Identity):
+                h = _modulated_conv(self.conv1, h, scale, shift)
+            elif fast:
+                h = _modulated_norm(self.norm2, self.conv1(h), scale, shift)
             else:
-                h = self.norm2(h) * (1 + scale) + shift
+                h = self.norm2(self.conv1(h)) * (1 + scale) + shift
         else:
-            h = self.norm2(h + e)
+            h = self.norm2(self.conv1(h) + e)
         h = self.conv2(self.dropout(F.silu(h, inplace=fast)))
         if self.skip is not None:
             x = self.skip(x)
@@ -205,6 +219,19 @@ def _modulated_norm(norm: nn.Module, h: Tensor, scale: Tensor, shift: Tensor) ->
             return F.group_norm(h, norm.num_groups, weight, bias, norm.eps)
         return norm(h, weight, bias)
     return torch.addcmul(shift, norm(h), 1 + scale)
+
+
+def _modulated_conv(conv: nn.Conv2d, h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """conv(h) * (1 + scale) + shift for one sample, as one convolution (inference, no norm between):
+    the per-output-channel scale folds into the kernel and the bias, which saves a pass over the map."""
+    s = 1 + scale.reshape(-1).float()
+    weight = conv.weight.float() * s[:, None, None, None]
+    bias = torch.addcmul(shift.reshape(-1).float(), conv.bias.float(), s)
+    if not torch.is_autocast_enabled(h.device.type):  # (under autocast the convolution casts them)
+        weight, bias = weight.to(h.dtype), bias.to(h.dtype)
+    if h.is_contiguous(memory_format=torch.channels_last):
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(h, weight, bias, conv.stride, conv.padding)
 
 
 class AttentionBlock(nn.Module):
@@ -256,17 +283,17 @@ class DownLevel(nn.Module):
     """num_res_blocks x (ResBlock [+ attention]), then an optional downsampling block."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, config: UNetConfig, attn: bool,
-                 context_dim: int | None, downsample: bool, blocks: int):
+                 context_dim: int | None, downsample: bool, blocks: int, norm: str | None = None):
         super().__init__()
         self.res = nn.ModuleList(
-            ResBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, config) for i in range(blocks)
+            ResBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, config, norm=norm) for i in range(blocks)
         )
         self.attn = nn.ModuleList(AttentionBlock(out_ch, config, context_dim) for _ in range(blocks if attn else 0))
         self.downsample = None
         if downsample:  # a level without blocks changes the width here
             ds_in = out_ch if blocks else in_ch
             self.downsample = (
-                ResBlock(ds_in, out_ch, emb_dim, config, resample="down") if config.resblock_updown
+                ResBlock(ds_in, out_ch, emb_dim, config, resample="down", norm=norm) if config.resblock_updown
                 else Downsample(ds_in, out_ch)
             )
 
@@ -275,10 +302,11 @@ class UpLevel(nn.Module):
     """(num_res_blocks + 1) x (concat skip, ResBlock [+ attention]), then an optional upsampling block."""
 
     def __init__(self, in_ch: int, out_ch: int, skip_chs: list[int], emb_dim: int, config: UNetConfig,
-                 attn: bool, context_dim: int | None, upsample_to: int | None):
+                 attn: bool, context_dim: int | None, upsample_to: int | None, norm: str | None = None):
         super().__init__()
         self.res = nn.ModuleList(
-            ResBlock((in_ch if i == 0 else out_ch) + skip, out_ch, emb_dim, config) for i, skip in enumerate(skip_chs)
+            ResBlock((in_ch if i == 0 else out_ch) + skip, out_ch, emb_dim, config, norm=norm)
+            for i, skip in enumerate(skip_chs)
         )
         self.attn = nn.ModuleList(AttentionBlock(out_ch, config, context_dim) for _ in (skip_chs if attn else ()))
         self.upsample: nn.Module | None = None
@@ -286,7 +314,7 @@ class UpLevel(nn.Module):
             self.upsample = SubpixelUpsample(out_ch, upsample_to)
         elif upsample_to is not None:
             self.upsample = (
-                ResBlock(out_ch, out_ch, emb_dim, config, resample="up") if config.resblock_updown
+                ResBlock(out_ch, out_ch, emb_dim, config, resample="up", norm=norm) if config.resblock_updown
                 else Upsample(out_ch)
             )
 
@@ -296,9 +324,10 @@ class MidBlock(nn.Module):
 
     def __init__(self, ch: int, emb_dim: int, config: UNetConfig, context_dim: int | None):
         super().__init__()
-        self.res1 = ResBlock(ch, ch, emb_dim, config)
+        norm = config.level_norm(len(config.channel_mult) - 1)
+        self.res1 = ResBlock(ch, ch, emb_dim, config, norm=norm)
         self.attn = AttentionBlock(ch, config, context_dim) if config.mid_attention else None
-        self.res2 = ResBlock(ch, ch, emb_dim, config)
+        self.res2 = ResBlock(ch, ch, emb_dim, config, norm=norm)
 
 
 class UNet(nn.Module):
@@ -327,7 +356,7 @@ class UNet(nn.Module):
             last = level == n_levels - 1
             attn = c.level_resolution(level) in c.attention_resolutions
             self.down.append(DownLevel(in_ch, ch, emb_dim, c, attn, context_dim, downsample=not last,
-                                       blocks=c.blocks(level)))
+                                       blocks=c.blocks(level), norm=c.level_norm(level)))
             skip_chs += [ch] * (c.blocks(level) + (0 if last else 1))
 
         self.mid = MidBlock(chs[-1], emb_dim, c, context_dim)
@@ -339,10 +368,11 @@ class UNet(nn.Module):
             level_skips = [skip_chs.pop() for _ in range(c.blocks(level) + 1)]
             attn = c.level_resolution(level) in c.attention_resolutions
             up_to = None if level == 0 else chs[level - 1] if c.subpixel_upsample else ch
-            self.up.append(UpLevel(prev, ch, level_skips, emb_dim, c, attn, context_dim, upsample_to=up_to))
+            self.up.append(UpLevel(prev, ch, level_skips, emb_dim, c, attn, context_dim, upsample_to=up_to,
+                                   norm=c.level_norm(level)))
             prev = ch if up_to is None else up_to
 
-        self.norm_out = make_norm(c.norm, chs[0], c.norm_groups, c.norm_eps)
+        self.norm_out = make_norm(c.level_norm(0), chs[0], c.norm_groups, c.norm_eps)
         self.conv_out = zero_module(nn.Conv2d(chs[0], c.out_channels * p * p, 3, padding=1))
 
     def _patch_conv_in(self, x: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cascade.config import ConfigError, from_dict, load_toml, to_dict
+from stages.common import ChannelLayerNorm
 from stages.unet import ResBlock
 from stages import (
     NETWORKS,
@@ -380,14 +381,35 @@ def test_efficient_layout_moves_work_to_low_resolution():
         assert net(x, torch.tensor([5.0, 500.0]), lowres=x).shape == x.shape
 
 
+def test_norm_free_levels_drop_the_norms_of_the_top_levels_only():
+    """`norm_free_levels = 1`: every block of level 0 (its down, downsampling and up blocks) and the
+    output norm are identities, the lower levels keep theirs; bad counts are refused."""
+    wide = dict(TINY_UNET, channel_mult=(1, 2, 2), norm="layer", patch_size=2, num_res_blocks=(1, 1, 2),
+                subpixel_upsample=True)
+    unet = SuperRes(from_dict(SuperResConfig, dict(wide, norm_free_levels=1))).unet
+    top = [*unet.down[0].res, unet.down[0].downsample, *unet.up[-1].res]
+    assert all(isinstance(b.norm1, torch.nn.Identity) and isinstance(b.norm2, torch.nn.Identity) for b in top)
+    assert isinstance(unet.norm_out, torch.nn.Identity)
+    rest = [*unet.down[1].res, *unet.down[2].res, unet.mid.res1, *unet.up[0].res, *unet.up[1].res]
+    assert all(isinstance(b.norm1, ChannelLayerNorm) and isinstance(b.norm2, ChannelLayerNorm) for b in rest)
+    shipped_like = SuperRes(from_dict(SuperResConfig, wide))
+    assert shipped_like.num_parameters() - SuperRes(from_dict(SuperResConfig, dict(wide, norm_free_levels=1))
+                                                    ).num_parameters() == 2 * (32 + 32 + 32 + 32 + 64 + 32 + 64 + 32 + 32)
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match="norm_free_levels"):
+            from_dict(SuperResConfig, dict(wide, norm_free_levels=bad))
+
+
 @pytest.mark.parametrize("norm, batch, layout, patch, cl", [
     ("layer", 1, "plain", 2, True), ("layer", 2, "plain", 2, True), ("group", 1, "plain", 2, True),
-    ("group", 2, "plain", 1, True), ("layer", 2, "efficient", 2, True), ("layer", 1, "efficient", 4, False)])
+    ("group", 2, "plain", 1, True), ("layer", 2, "efficient", 2, True), ("layer", 1, "efficient", 4, False),
+    ("layer", 1, "norm-free top", 2, True), ("layer", 2, "norm-free top", 2, False)])
 def test_unet_inference_path_equals_the_training_path(norm, batch, layout, patch, cl):
     """Without autograd the ResBlocks work in place and fold the scale-shift into the norm, and the
     patching input convolution is one strided convolution; the result must be the autograd path's
     (fp32 exactly up to rounding; bf16 within its precision)."""
-    extra = dict(num_res_blocks=(0, 2), subpixel_upsample=True) if layout == "efficient" else {}
+    extra = {"plain": {}, "efficient": dict(num_res_blocks=(0, 2), subpixel_upsample=True),
+             "norm-free top": dict(num_res_blocks=(1, 2), subpixel_upsample=True, norm_free_levels=1)}[layout]
     sr = perturbed(SuperRes(from_dict(SuperResConfig, dict(TINY_UNET, norm=norm, patch_size=patch, **extra)))).eval()
     fmt = torch.channels_last if cl else torch.contiguous_format
     sr = sr.to(memory_format=fmt)
