@@ -287,7 +287,8 @@ METHOD = [
     "ratios, the mean block count per level): diffusers with the largest base width that is a multiple of 8 "
     "(odd widths run its bf16 convolutions far below peak) and does not exceed cascade's parameter count, "
     "DALLE2-pytorch with the base width nearest it. That ratio compares layouts at equal size, not kernels: the same-layout comparison of "
-    "session 15 was 0.97× (SR-256) and 0.99× (SR-1024).",
+    "session 15 was 0.97× (SR-256) and 0.99× (SR-1024). cascade's SR-256 has no norm layers at its top level "
+    "(`norm_free_levels = 1`, session 20); the peers keep theirs (GroupNorm everywhere, as they build it).",
     "- **DALLE2-pytorch** `DiffusionPriorNetwork`: cascade's depth, heads and head width; its embeddings are as wide "
     "as its transformer, so it reads width-wide inputs; its SwiGLU `ff_mult` is set so that the parameter count "
     "matches cascade's.",
