@@ -50,7 +50,8 @@ def bf16_weights(module: torch.nn.Module, enabled: bool = True) -> Iterator[None
     if enabled:
         with torch.no_grad():
             for m in module.modules():
-                if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)) and not getattr(m, "hold_fp32", False):
+                conv_or_linear = isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear))
+                if conv_or_linear and not getattr(m, "hold_fp32", False):
                     for p in (m.weight, m.bias):
                         if p is not None and p.dtype == torch.float32:
                             saved.append((p, p.data))
