@@ -224,16 +224,24 @@ def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[P
             return runner.warmup(mode) if warm else runner.time_once(mode)
         return client.ask(cmd="warmup" if warm else "time", key=f"{role}-{size}-{impl}", mode=mode)["ms"]
 
-    for mode in modes_for(kind, bf16=native_bf16(), compiled=compiled):
+    modes = modes_for(kind, bf16=native_bf16(), compiled=compiled)
+    for mode in modes:
         for impl in impls:
             once(impl, mode, warm=True)
-        samples: dict[str, list[float]] = {impl: [] for impl in impls}
-        for r in range(repeats):  # interleaved, the order rotating: machine noise hits every implementation alike
-            order = impls[r % len(impls):] + impls[: r % len(impls)]
-            for impl in order:
-                samples[impl].append(once(impl, mode))
-        entry["samples"][mode] = samples
-        entry["ms"][mode] = {impl: median(v) for impl, v in samples.items()}
+    # Every round times every (mode, implementation) once, the order rotating, so that machine noise
+    # hits all of them alike: the headline ratio sets a peer's best mode against cascade's default,
+    # often two different modes, and they must come from the same stretch of time (before session 21
+    # the modes ran one after the other, and a slow minute could fall on one mode only).
+    # Switching a module's mode (its memory format) happens outside the timed calls.
+    cases = [(mode, impl) for mode in modes for impl in impls]
+    samples: dict[str, dict[str, list[float]]] = {mode: {impl: [] for impl in impls} for mode in modes}
+    for r in range(repeats):
+        shift = (r * len(impls) + r) % len(cases)
+        for mode, impl in cases[shift:] + cases[:shift]:
+            samples[mode][impl].append(once(impl, mode))
+    for mode in modes:
+        entry["samples"][mode] = samples[mode]
+        entry["ms"][mode] = {impl: median(v) for impl, v in samples[mode].items()}
         log(f"  {role:7s} {size:7s} {mode:15s} " + "  ".join(f"{i} {entry['ms'][mode][i]:8.1f} ms" for i in impls))
     for peer in impls[1:]:
         client.ask(cmd="drop", key=f"{role}-{size}-{peer}")
@@ -426,6 +434,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     result: dict[str, Any] = {"command": " ".join(sys.argv), "quick": bool(args.quick), "config": str(config_path),
                               "machine": machine_info(threads), "note": args.note, "repeats": repeats,
+                              "interleaved": "modes and implementations",  # (before session 21: implementations)
                               "modes": {"fp32": "fp32, NCHW", "fp32_cl": "fp32, channels-last",
                                         "bf16_cl": "bf16 autocast, channels-last"}}
     if args.compile:
@@ -483,7 +492,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the model family whose networks are timed")
     p.add_argument("--model", help="model folder for text -> 1024 (default: the shipped model, else `cascade init`)")
     p.add_argument("--threads", type=int, help="torch threads for every implementation (default: all cores)")
-    p.add_argument("--repeats", type=int, help="interleaved timing rounds per network and mode (default 7; quick 5)")
+    p.add_argument("--repeats", type=int,
+                   help="timing rounds per network, each timing every mode and implementation once (default 7; quick 5)")
     p.add_argument("--train-steps", type=int, help="timed training steps per implementation (default 5; quick 2)")
     p.add_argument("--sizes", help="comma-separated: shipped,base (default both; quick: shipped)")
     p.add_argument("--networks", help="comma-separated subset of prior,decoder,sr256,sr1024")

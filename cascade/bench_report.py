@@ -188,9 +188,13 @@ def render_markdown(result: dict[str, Any]) -> str:
             if peers else "not run (no peers' environment)."),
          f"- Load average at the start {m['loadavg_start'][0]:.2f}, at the end {m['loadavg_end'][0]:.2f}."
          + (f" {result['note']}" if result.get("note") else ""),
-         f"- Timing: {result['repeats']} rounds per network and mode after two warm-up calls, interleaved between "
-         "implementations (the order rotating every round) so that machine noise hits all alike; the median is "
-         "reported. Short calls are grouped (≥ 50 ms per sample); in the eager bf16 modes a sample holds the "
+         (f"- Timing: {result['repeats']} rounds per network after two warm-up calls per mode; every round times "
+          "every (mode, implementation) once, the order rotating, so that machine noise hits all alike (the "
+          "headline ratio compares different modes); the median is reported."
+          if result.get("interleaved") == "modes and implementations" else
+          f"- Timing: {result['repeats']} rounds per network and mode after two warm-up calls, the modes one after "
+          "another, within a mode interleaved between implementations (the order rotating every round); the "
+          "median is reported.") + " Short calls are grouped (≥ 50 ms per sample); in the eager bf16 modes a sample holds the "
          "convolution and linear weights in bf16 across its calls, as the pipeline does across a stage's steps "
          "(since session 20; before, they were cast at every call). All under `torch.inference_mode()`; FLOPs from "
          "`torch.utils.flop_counter.FlopCounterMode` (fp32 call).", ""]

@@ -150,6 +150,24 @@ def test_a_tiny_run_of_cascade_alone(tmp_path):
     assert result["summary"]["min_speedup_vs_peers"] is None and result["peers"] is None
 
 
+def test_every_round_times_every_mode(tmp_path, monkeypatch):
+    """The headline ratio sets one mode against another, so the modes are interleaved round by round, not
+    timed one after another (a slow minute would fall on one of them only)."""
+    timed = []
+    monkeypatch.setattr(bench.Runner, "time_once", lambda self, mode: timed.append(mode) or 1.0)
+    args = _args(config=str(REPO / "configs" / "micro.toml"), peers=None, quick=True, repeats=3, threads=1,
+                 networks="decoder", no_train=True, no_e2e=True, silent=True, json=str(tmp_path / "b.json"))
+    bench.cmd_bench(args)
+    result = json.loads((tmp_path / "b.json").read_text())
+    modes = list(result["networks"][0]["ms"])
+    assert len(modes) >= 2 and len(timed) == 3 * len(modes)
+    rounds = [timed[i:i + len(modes)] for i in range(0, len(timed), len(modes))]
+    assert all(sorted(r) == sorted(modes) for r in rounds)  # each round: every mode once
+    assert len({tuple(r) for r in rounds}) > 1  # in a rotating order
+    assert result["interleaved"] == "modes and implementations"
+    assert all(len(v) == 3 for v in result["networks"][0]["samples"]["fp32"].values())
+
+
 def test_peers_get_karlos_uniform_layout_for_the_efficient_one():
     plain = {"model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1}
     assert bench_worker.uniform_layout(plain) is plain
