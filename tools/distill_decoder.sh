@@ -14,6 +14,8 @@
 #
 # Resumable: run it again and each phase continues from its last checkpoint (`touch
 # STATE_DIR/run-guided/STOP` stops with a checkpoint). MAX_MINUTES bounds each phase of this call.
+# LR_SCHEDULE=cosine anneals the guided phase's learning rate to 0 at GUIDED_STEPS (default: constant;
+# on a resume the cosine picks up where its curve is at the resumed step).
 # The student's EMA weights land in STATE_DIR/student/decoder at each checkpoint. Ship them only
 # once `MODEL=STATE_DIR/student PARTS=main tools/eval_shipped.sh OUT` is within noise of
 # docs/eval/main; then configs/shapes.toml's decoder takes the two layout lines of
@@ -53,4 +55,4 @@ if [ "$plain" -gt 0 ]; then
 fi
 echo "== guided distillation to step ${GUIDED_STEPS:-6000} ($(date -u +%FT%TZ))"
 cascade train decoder "${common[@]}" --run "$state/run-guided" --set teacher_guidance=3.0 --set warmup_steps=100 \
-  --set ema_decay=0.999 --set checkpoint_every=250 --max-steps "${GUIDED_STEPS:-6000}"
+  --set ema_decay=0.999 --set checkpoint_every=250 --set "lr_schedule=\"${LR_SCHEDULE:-constant}\"" --max-steps "${GUIDED_STEPS:-6000}"
