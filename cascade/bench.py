@@ -2,7 +2,7 @@
 
     tools/bench.py --setup-peers DIR                      # once: a venv with diffusers + dalle2-pytorch
     cascade bench --peers DIR                             # full run: writes docs/bench.json + docs/bench.md
-    cascade bench --peers DIR --quick --json out.json     # a few minutes: shipped sizes, fewer repeats
+    cascade bench --peers DIR --quick --json out.json     # a few minutes: shipped sizes only
 
 Per network (prior, decoder, SR-256, SR-1024; at the shipped sizes of configs/shapes.toml and at a
 larger "base" size): ms per evaluation, median of interleaved rounds, for cascade and for the
@@ -430,7 +430,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.sizes:
         sizes = args.sizes.split(",")
     roles = args.networks.split(",") if args.networks else list(specs)
-    repeats = args.repeats or (5 if args.quick else 7)  # quick: 3 until session 19 (SR-256 ratio 1.33-1.66x in 4 runs)
+    # 9 rounds since session 21 (quick: 3 until session 19, then 5; full: 7): single quick runs on this 2-core VM
+    # gave the smallest ratio anywhere from 1.27x to 1.69x within an hour, its samples drifting for seconds at a time
+    repeats = args.repeats or 9
     started = time.time()
     result: dict[str, Any] = {"command": " ".join(sys.argv), "quick": bool(args.quick), "config": str(config_path),
                               "machine": machine_info(threads), "note": args.note, "repeats": repeats,
@@ -486,14 +488,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", default=str(DEFAULT_PEERS) if peer_python(DEFAULT_PEERS) else None, metavar="DIR",
                    help="the peers' virtual environment (make it with `tools/bench.py --setup-peers DIR`; "
                         f"default {DEFAULT_PEERS} or $CASCADE_BENCH_PEERS, when it exists)")
-    p.add_argument("--quick", action="store_true", help="shipped sizes only, 5 rounds, 2 training steps (a few minutes)")
+    p.add_argument("--quick", action="store_true", help="shipped sizes only, 2 training steps (a few minutes)")
     p.add_argument("--json", metavar="FILE", help="write the results here (default: docs/bench.json, not with --quick)")
     p.add_argument("--md", metavar="FILE", help="write the Markdown report here (default: next to --json)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the model family whose networks are timed")
     p.add_argument("--model", help="model folder for text -> 1024 (default: the shipped model, else `cascade init`)")
     p.add_argument("--threads", type=int, help="torch threads for every implementation (default: all cores)")
     p.add_argument("--repeats", type=int,
-                   help="timing rounds per network, each timing every mode and implementation once (default 7; quick 5)")
+                   help="timing rounds per network, each timing every mode and implementation once (default 9)")
     p.add_argument("--train-steps", type=int, help="timed training steps per implementation (default 5; quick 2)")
     p.add_argument("--sizes", help="comma-separated: shipped,base (default both; quick: shipped)")
     p.add_argument("--networks", help="comma-separated subset of prior,decoder,sr256,sr1024")
