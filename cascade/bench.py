@@ -430,8 +430,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.sizes:
         sizes = args.sizes.split(",")
     roles = args.networks.split(",") if args.networks else list(specs)
-    # 9 rounds since session 21 (quick: 3 until session 19, then 5; full: 7): single quick runs on this 2-core VM
-    # gave the smallest ratio anywhere from 1.27x to 1.69x within an hour, its samples drifting for seconds at a time
+    # 9 rounds since session 21 (quick: 3 until session 19, then 5; full: 7): on this 2-core VM single quick runs
+    # put the decoder's ratio anywhere from 1.27x to 1.69x within an hour, its samples drifting for seconds at a time
     repeats = args.repeats or 9
     started = time.time()
     result: dict[str, Any] = {"command": " ".join(sys.argv), "quick": bool(args.quick), "config": str(config_path),
