@@ -236,7 +236,7 @@ def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[P
     cases = [(mode, impl) for mode in modes for impl in impls]
     samples: dict[str, dict[str, list[float]]] = {mode: {impl: [] for impl in impls} for mode in modes}
     for r in range(repeats):
-        shift = (r * len(impls) + r) % len(cases)
+        shift = r * (len(impls) + 1) % len(cases)  # each round starts one mode and one implementation further on
         for mode, impl in cases[shift:] + cases[:shift]:
             samples[mode][impl].append(once(impl, mode))
     for mode in modes:
