@@ -140,7 +140,8 @@ def network_configs(config_path: Path) -> dict[str, dict[str, Any]]:
 AMORTISED = 16  # the most evaluations one timed call of a prepared network makes
 
 
-def cascade_runner(role: str, network: dict[str, Any], network_class: str, batch: int, steps: int = 1) -> Runner:
+def cascade_runner(role: str, network: dict[str, Any], network_class: str, batch: int, steps: int = 1,
+                   prepack: bool = True) -> Runner:
     """cascade's network as its sampler runs it. The prior and the decoder prepare their condition
     once per sampling run (`prepare_condition`: the prior's text prefix, the decoder's context
     tokens and conditioning embedding), so one timed call is that preparation and then
@@ -164,12 +165,12 @@ def cascade_runner(role: str, network: dict[str, Any], network_class: str, batch
                 out = net(i["x"], i["t"], **cond)
             return out
 
-        return Runner(net, call, inputs, evaluations=evaluations)
+        return Runner(net, call, inputs, evaluations=evaluations, prepack=prepack)
 
     def call(i):
         return net(i["x"], i["t"], lowres=i["lowres"], aug_level=i["aug_level"])
 
-    return Runner(net, call, inputs)
+    return Runner(net, call, inputs, prepack=prepack)
 
 
 def sized(network: dict[str, Any], role: str, size: str) -> dict[str, Any]:
@@ -190,11 +191,11 @@ def peer_target(module: torch.nn.Module) -> int:
 
 # ---------------------------------------------------------------------------- per-network timing
 def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[PeerClient], repeats: int,
-                  log, compiled: bool = False) -> dict[str, Any]:
+                  log, compiled: bool = False, prepack: bool = True) -> dict[str, Any]:
     network = sized(spec["network"], role, size)
     batch = spec["batch"]
     kind = KIND[role]
-    runner = cascade_runner(role, network, spec["class"], batch, spec.get("steps", 1))
+    runner = cascade_runner(role, network, spec["class"], batch, spec.get("steps", 1), prepack=prepack)
     entry: dict[str, Any] = {
         "network": role, "size": size, "batch": batch, "network_config": network,
         "input_shapes": {k: list(v.shape) for k, v in runner.inputs.items()},
@@ -438,7 +439,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "machine": machine_info(threads), "note": args.note, "repeats": repeats,
                               "interleaved": "modes and implementations",  # (before session 21: implementations)
                               "modes": {"fp32": "fp32, NCHW", "fp32_cl": "fp32, channels-last",
-                                        "bf16_cl": "bf16 autocast, channels-last"}}
+                                        "bf16_cl": "bf16 autocast, channels-last"},
+                              # cascade's bf16 modes on oneDNN-prepacked weights, as its pipeline runs (session 22)
+                              "prepacked": not args.no_prepack}
     if args.compile:
         result["modes"].update({m + COMPILED: result["modes"][m] + ", torch.compile (inductor; compiled in the "
                                 "warm-up, not timed)" for m in ("fp32_cl", "bf16_cl")})
@@ -458,7 +461,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for size in sizes:
             for role in roles:
                 result["networks"].append(bench_network(role, size, specs[role], client, repeats, log,
-                                                        compiled=args.compile))
+                                                        compiled=args.compile, prepack=not args.no_prepack))
         if not args.no_train and "decoder" in specs:
             log("decoder training")
             result["training"] = bench_training(config_path, specs["decoder"], client, args.train_steps or
@@ -502,6 +505,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="also time every implementation under torch.compile (the best precision, channels-last; "
                         "each network compiles once, ~1 min here)")
+    p.add_argument("--no-prepack", action="store_true",
+                   help="time cascade's bf16 modes without oneDNN weight prepacking (its pipeline prepacks; "
+                        "the peers never do): how much of the ratio is prepacking")
     p.add_argument("--no-train", action="store_true", help="skip the training comparison")
     p.add_argument("--no-e2e", action="store_true", help="skip text -> 1024")
     p.add_argument("--note", default="", help="a line about the conditions (e.g. what else was running)")

@@ -95,6 +95,17 @@ def _ms(x: Optional[float]) -> str:
     return "–" if x is None else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
 
 
+def _prepack_line(result: dict[str, Any]) -> str:
+    """What the report says of cascade's oneDNN weight prepacking (a JSON from before session 22 has no field)."""
+    if "prepacked" not in result:
+        return ""
+    if result["prepacked"]:
+        return (" cascade's bf16 mode also runs its convolutions and linears on weights prepacked once for oneDNN "
+                "(`cascade.hardware.onednn_prepacked`), as its pipeline does; the peers' libraries do not, so "
+                "they run without (`--no-prepack` times cascade without it too).")
+    return " cascade ran without its oneDNN weight prepacking (`--no-prepack`), as the peers do."
+
+
 def _x(r: Optional[float]) -> str:
     return "–" if r is None else f"{r:.2f}×"
 
@@ -196,8 +207,8 @@ def render_markdown(result: dict[str, Any]) -> str:
           "another, within a mode interleaved between implementations (the order rotating every round); the "
           "median is reported.") + " Short calls are grouped (≥ 50 ms per sample); in the eager bf16 modes a sample holds the "
          "convolution and linear weights in bf16 across its calls, as the pipeline does across a stage's steps "
-         "(since session 20; before, they were cast at every call). All under `torch.inference_mode()`; FLOPs from "
-         "`torch.utils.flop_counter.FlopCounterMode` (fp32 call).", ""]
+         "(since session 20; before, they were cast at every call)." + _prepack_line(result) + " All under "
+         "`torch.inference_mode()`; FLOPs from `torch.utils.flop_counter.FlopCounterMode` (fp32 call).", ""]
     L += ["## Targets", "",
           "| target | measured | |", "| --- | --- | --- |",
           f"| every network ≥ 1.5× faster than the faster peer at equal size | smallest ratio "

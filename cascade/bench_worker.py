@@ -19,6 +19,7 @@ inside the timed call, so that they run at the same internal resolution as casca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -31,12 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 try:
-    from .hardware import bf16_autocast, bf16_weights
+    from .hardware import bf16_autocast, bf16_weights, onednn_prepacked
 except ImportError:  # run by path in the peers' environment: the sibling file (it needs only torch)
     import os
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from hardware import bf16_autocast, bf16_weights
+    from hardware import bf16_autocast, bf16_weights, onednn_prepacked
 
 MODES = ("fp32", "fp32_cl", "bf16_cl")  # fp32 NCHW is the plain baseline; the pipeline runs channels-last
 PRIOR_MODES = ("fp32", "bf16_cl")  # no convolutions: channels-last means nothing to the prior
@@ -92,8 +93,9 @@ class Runner:
     """One network of one implementation, callable once per evaluation in a given mode."""
 
     def __init__(self, module: nn.Module, call: Callable[[dict[str, Tensor]], Tensor], inputs: dict[str, Tensor],
-                 evaluations: int = 1):
+                 evaluations: int = 1, prepack: bool = False):
         self.module = module.eval()
+        self.prepack = prepack  # oneDNN-prepacked weights in the bf16 modes (cascade's, as its pipeline runs)
         self.call = call
         self.inputs = inputs
         self.evaluations = evaluations  # network evaluations one call makes (its times and FLOPs are divided by it)
@@ -122,7 +124,7 @@ class Runner:
             call = self._compiled[mode]
         # the weights held in bf16 for the call, as the pipeline holds them
         with torch.inference_mode(), bf16_autocast("cpu", self.module, mode.startswith("bf16"),
-                                                   not mode.endswith(COMPILED)):
+                                                   not mode.endswith(COMPILED), prepack=self.prepack):
             return call(self._inputs)
 
     def warmup(self, mode: str, min_seconds: float = 0.05) -> float:
@@ -147,11 +149,14 @@ class Runner:
                 self.run(mode)
             return (time.perf_counter() - t0) * 1e3 / (n * self.evaluations)
 
+    @contextlib.contextmanager
     def _held_weights(self, mode: str):
-        """The bf16 modes' weights held in bf16 across several calls (each call's own `bf16_weights` then
-        finds nothing to cast), as the pipeline holds them across a stage's steps; compiled modes keep
-        theirs (their graphs were traced with fp32 weights)."""
-        return bf16_weights(self.module, enabled=mode.startswith("bf16") and not mode.endswith(COMPILED))
+        """The bf16 modes' weights held in bf16 (and, with `prepack`, prepacked) across several calls
+        (each call's own `bf16_autocast` then finds nothing left to do), as the pipeline holds them
+        across a stage's steps; compiled modes keep theirs (their graphs were traced with fp32 weights)."""
+        hold = mode.startswith("bf16") and not mode.endswith(COMPILED)
+        with bf16_weights(self.module, enabled=hold), onednn_prepacked(self.module, enabled=hold and self.prepack):
+            yield
 
     def flops(self, mode: str = "fp32") -> int:
         from torch.utils.flop_counter import FlopCounterMode

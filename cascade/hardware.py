@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -63,14 +63,89 @@ def bf16_weights(module: torch.nn.Module, enabled: bool = True) -> Iterator[None
             p.data = data
 
 
+@functools.lru_cache(maxsize=None)
+def onednn_prepacking_available() -> bool:
+    """Whether this torch exposes oneDNN's prepacked convolution and linear (the ops inductor's
+    weight-prepacking pass emits; private, so probed rather than assumed)."""
+    try:
+        ops = torch.ops.mkldnn
+        return torch.backends.mkldnn.is_available() and all(
+            hasattr(ops, name) for name in ("_convolution_pointwise", "_reorder_convolution_weight",
+                                            "_linear_pointwise", "_reorder_linear_weight"))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _bf16_autocast_on(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def _prepacked_forward(m: torch.nn.Module, count: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`m`'s forward under CPU bf16 autocast on its weights reordered once into oneDNN's blocked
+    layout (per input shape, for a convolution), instead of at every call; elsewhere its own."""
+    ops, bf16, packs = torch.ops.mkldnn, torch.bfloat16, {}
+    conv = isinstance(m, torch.nn.Conv2d)
+    geometry = (list(m.padding), list(m.stride), list(m.dilation), m.groups) if conv else ()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        dense = x.is_contiguous() or (conv and x.is_contiguous(memory_format=torch.channels_last))
+        if not (dense and _bf16_autocast_on(x)) or (torch.is_grad_enabled() and m.weight.requires_grad) or x.dim() < 2:
+            return type(m).forward(m, x)
+        key = tuple(x.shape) if conv else None
+        if key not in packs:
+            w = m.weight.detach().to(bf16)
+            packs[key] = (ops._reorder_convolution_weight(w, *geometry, list(x.shape)) if conv
+                          else ops._reorder_linear_weight(w, None),
+                          None if m.bias is None else m.bias.detach().to(bf16))
+        weight, bias = packs[key]
+        count[0] += 1
+        if conv:
+            return ops._convolution_pointwise(x.to(bf16), weight, bias, *geometry, "none", [], "")
+        return ops._linear_pointwise(x.to(bf16), weight, bias, "none", [], "")
+
+    return forward
+
+
+@contextlib.contextmanager
+def onednn_prepacked(module: torch.nn.Module, enabled: bool = True) -> Iterator[list[int]]:
+    """Within: `module`'s Conv2d and Linear layers, when called under CPU bf16 autocast without
+    autograd, run oneDNN's convolution and inner product on weights reordered once (per input
+    shape) into its blocked layout, as inductor's weight prepacking (`freezing`) does for a
+    compiled graph and IPEX's `optimize` for an eager one. Eager PyTorch reorders every weight
+    at every call. The same kernels on the same bf16 operands: the outputs equal autocast's
+    (bit for bit on this AMX Xeon; tests/test_hardware.py). Elsewhere (grad, fp32, another
+    device, a torch without these ops) a layer runs its own forward. Yields a one-element list
+    counting the prepacked calls. Layers with `hold_fp32`, subclasses with their own forward and
+    non-zero padding modes are left alone; so is a layer whose forward is already replaced (an
+    outer context's packs are reused)."""
+    count = [0]
+    patched = []
+    if enabled and onednn_prepacking_available():
+        for m in module.modules():
+            kind = type(m)
+            eligible = ((kind is torch.nn.Conv2d and isinstance(m.padding, tuple) and m.padding_mode == "zeros")
+                        or kind is torch.nn.Linear)
+            if eligible and not getattr(m, "hold_fp32", False) and "forward" not in m.__dict__:
+                m.forward = _prepacked_forward(m, count)
+                patched.append(m)
+    try:
+        yield count
+    finally:
+        for m in patched:
+            del m.forward
+
+
 @contextlib.contextmanager
 def bf16_autocast(device_type: str, module: torch.nn.Module, enabled: bool = True,
-                  hold_weights: bool = True) -> Iterator[None]:
+                  hold_weights: bool = True, prepack: bool = False) -> Iterator[None]:
     """Run `module` under bf16 autocast (when `enabled`) with its weights held in bf16 meanwhile
     (`bf16_weights`; not with `hold_weights=False`, e.g. for a torch.compile'd module, whose graphs
-    would recompile for the other dtype)."""
+    would recompile for the other dtype), and with `prepack` on weights prepacked for oneDNN
+    (`onednn_prepacked`: cascade's pipeline; the bench's peers run without)."""
+    hold = enabled and hold_weights
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled), \
-            bf16_weights(module, enabled=enabled and hold_weights):
+            bf16_weights(module, enabled=hold), onednn_prepacked(module, enabled=hold and prepack):
         yield
 
 

@@ -315,7 +315,7 @@ class CascadePipeline:
             noise = torch.randn(shape, generator=generator)
         if self.channels_last and noise.dim() == 4:
             noise = noise.contiguous(memory_format=torch.channels_last)
-        with bf16_autocast(self.device.type, stage.network, role in self.bf16, role not in self.compiled):
+        with bf16_autocast(self.device.type, stage.network, role in self.bf16, role not in self.compiled, prepack=True):
             return stage.sample(shape, cond, uncond, generator=generator, noise=noise.to(self.device),
                                 sampling=sampling, progress=self.progress).float()
 
@@ -493,7 +493,8 @@ class CascadePipeline:
         text, drop = self._empty_text(B)
         cond = self._decoder_cond(image_embed, text, torch.zeros(B, dtype=torch.bool), drop)
         uncond = self._decoder_cond(image_embed, text, torch.ones(B, dtype=torch.bool), drop)
-        with bf16_autocast(self.device.type, dec.network, "decoder" in self.bf16, "decoder" not in self.compiled):
+        with bf16_autocast(self.device.type, dec.network, "decoder" in self.bf16, "decoder" not in self.compiled,
+                          prepack=True):
             return dec.invert(x0.to(self.device), cond, uncond, sampling=sampling,
                               steps=max(INVERSION_STEPS, sampling.steps), progress=self.progress).float().cpu()
 

@@ -1,0 +1,136 @@
+"""cascade.hardware: oneDNN weight prepacking under bf16 autocast (what the pipeline's stages run)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cascade.config import from_dict
+from cascade.hardware import bf16_autocast, native_bf16, onednn_prepacked, onednn_prepacking_available
+from stages import Decoder, DecoderConfig, SuperRes, SuperResConfig
+
+needs_onednn = pytest.mark.skipif(not onednn_prepacking_available(), reason="this torch has no oneDNN prepacked ops")
+
+TINY_DECODER = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, head_dim=16, image_size=16,
+                    attention_resolutions=(8,), embed_dim=16, context_dim=32, text_context=6, text_width=24,
+                    text_layers=1, text_heads=4, text_vocab_size=100, norm="layer")
+
+
+def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _decoder_and_inputs(batch: int = 2):
+    net = _perturbed(Decoder(from_dict(DecoderConfig, TINY_DECODER))).to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+    mask = torch.ones(batch, 6, dtype=torch.bool)
+    mask[:, 4:] = False
+    cond = dict(image_embed=torch.randn(batch, 16, generator=g), text_embed=torch.randn(batch, 16, generator=g),
+                text_tokens=torch.randn(batch, 6, 24, generator=g), text_mask=mask)
+    return net, x, torch.tensor([10.0, 700.0][:batch]), cond
+
+
+def _layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in module.modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear)]
+
+
+@needs_onednn
+@pytest.mark.parametrize("role", ["decoder", "sr"])
+def test_prepacked_layers_compute_what_autocast_does(role):
+    """Under bf16 autocast without autograd, the prepacked convolutions and linears give the
+    autocast path's output (bit for bit where bf16 is native: the same kernels on the same
+    operands), over several calls with the packs reused, and every patched layer is restored."""
+    if role == "decoder":
+        net, x, t, cond = _decoder_and_inputs()
+        run = lambda: net(x, t, **net.prepare_condition(cond))  # noqa: E731
+    else:
+        sr = _perturbed(SuperRes(from_dict(SuperResConfig, dict(
+            model_channels=32, channel_mult=(1, 2), num_res_blocks=(0, 2), subpixel_upsample=True, patch_size=2,
+            norm="layer", norm_free_levels=1)))).to(memory_format=torch.channels_last)
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(1, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+        low = torch.randn(1, 3, 32, 32, generator=g).clamp(-1, 1).contiguous(memory_format=torch.channels_last)
+        net, run = sr, lambda: sr(x, torch.tensor([300.0]), lowres=low, aug_level=torch.tensor([0.1]))  # noqa: E731
+    with torch.inference_mode(), bf16_autocast("cpu", net):
+        plain = run()
+    with torch.inference_mode(), bf16_autocast("cpu", net), onednn_prepacked(net) as calls:
+        packed = [run(), run()]
+    convs = [m for m in _layers(net) if isinstance(m, torch.nn.Conv2d)]
+    # both calls, each over most convolutions (not the scale-shift-folded ones of a norm-free level) and the linears
+    assert len(convs) > 3 and calls[0] >= len(convs)
+    assert plain.dtype == packed[0].dtype and plain.shape == packed[0].shape and plain.std() > 0.01
+    for out in packed:
+        if native_bf16():
+            assert torch.equal(out, plain)
+        else:
+            torch.testing.assert_close(out.float(), plain.float(), rtol=0, atol=2e-2 * plain.abs().max().item())
+    assert all("forward" not in m.__dict__ for m in net.modules())
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+@needs_onednn
+def test_prepacking_steps_aside_where_it_does_not_apply():
+    """fp32 (no autocast), autograd, a non-dense input and an outer context's packs: each layer runs
+    its own forward (or the outer packs), so gradients still flow and nothing is packed twice."""
+    net, x, t, cond = _decoder_and_inputs()
+    with onednn_prepacked(net) as calls:
+        fp32 = net(x, t, **cond)  # no autocast: fp32 weights, own forward
+        assert calls[0] == 0 and fp32.dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            trained = net(x, t, **cond)  # autograd on: own forward
+        assert calls[0] == 0
+        trained.float().square().mean().backward()
+        assert all(m.weight.grad is not None for m in _layers(net) if isinstance(m, torch.nn.Conv2d))
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), onednn_prepacked(net) as inner:
+            net(x, t, **cond)
+        assert inner[0] == 0 and calls[0] > 0  # the inner context patched nothing: the outer's ran
+        linear = next(m for m in _layers(net) if type(m) is torch.nn.Linear)
+        before = calls[0]
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            rows = torch.randn(linear.in_features, 4).t()  # a transposed view: not contiguous
+            assert linear(rows).shape == (4, linear.out_features) and calls[0] == before
+            assert linear(torch.randn(linear.in_features)).shape == (linear.out_features,) and calls[0] == before
+    assert all("forward" not in m.__dict__ for m in net.modules())
+
+
+@needs_onednn
+def test_the_pipeline_prepacks_its_bf16_stages(micro_config, monkeypatch):
+    """`CascadePipeline` samples its bf16 stages on prepacked weights, and its images are those of
+    the unpacked path."""
+    import contextlib
+
+    import cascade.hardware as hardware_module
+    from cascade.pipeline import CascadePipeline
+
+    pipe = CascadePipeline.from_config(micro_config, seed=0, progress=False, bf16=True)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for role in ("decoder", "sr256"):
+            for p in pipe.stages[role].network.parameters():
+                if not p.any():
+                    p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    real, counts = hardware_module.onednn_prepacked, []
+
+    @contextlib.contextmanager
+    def spy(module, enabled=True):
+        with real(module, enabled) as calls:
+            yield calls
+        counts.append(calls[0])
+
+    monkeypatch.setattr(hardware_module, "onednn_prepacked", spy)
+    packed = pipe("a red circle", seed=3, final_size=256, return_intermediates=True)
+    assert len(counts) >= 3 and all(c > 0 for c in counts)  # prior, decoder, SR-256
+    monkeypatch.setattr(hardware_module, "onednn_prepacked",
+                        lambda module, enabled=True: contextlib.nullcontext([0]))
+    plain = pipe("a red circle", seed=3, final_size=256, return_intermediates=True)
+    for role in packed.stages:
+        if native_bf16():
+            assert torch.equal(packed.stages[role], plain.stages[role]), role
+        else:
+            torch.testing.assert_close(packed.stages[role], plain.stages[role], rtol=0, atol=5e-2)
+    assert all(p.dtype == torch.float32 for s in pipe.stages.values() for p in s.network.parameters())
