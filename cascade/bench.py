@@ -195,7 +195,10 @@ def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[P
     network = sized(spec["network"], role, size)
     batch = spec["batch"]
     kind = KIND[role]
-    runner = cascade_runner(role, network, spec["class"], batch, spec.get("steps", 1), prepack=prepack)
+    from .pipeline import PREPACKED
+
+    runner = cascade_runner(role, network, spec["class"], batch, spec.get("steps", 1),
+                            prepack=prepack and role in PREPACKED)  # as the pipeline runs it
     entry: dict[str, Any] = {
         "network": role, "size": size, "batch": batch, "network_config": network,
         "input_shapes": {k: list(v.shape) for k, v in runner.inputs.items()},

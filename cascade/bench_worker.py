@@ -155,7 +155,7 @@ class Runner:
         (each call's own `bf16_autocast` then finds nothing left to do), as the pipeline holds them
         across a stage's steps; compiled modes keep theirs (their graphs were traced with fp32 weights)."""
         hold = mode.startswith("bf16") and not mode.endswith(COMPILED)
-        with bf16_weights(self.module, enabled=hold), onednn_prepacked(self.module, enabled=hold and self.prepack):
+        with onednn_prepacked(self.module, enabled=hold and self.prepack), bf16_weights(self.module, enabled=hold):
             yield
 
     def flops(self, mode: str = "fp32") -> int:

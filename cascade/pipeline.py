@@ -73,6 +73,9 @@ def _closest(items: Tensor, z: Tensor, target: Tensor) -> Tensor:
 
 DEFAULT_BF16 = frozenset({"prior", "decoder", "sr256", "sr1024"})  # stages run under bf16 autocast unless told
 #   otherwise, where the device has native bf16 (cascade.hardware.native_bf16): emulated bf16 is far slower than fp32.
+PREPACKED = frozenset({"decoder"})  # bf16 stages run on oneDNN-prepacked weights (cascade.hardware.onednn_prepacked):
+#   the decoder, ~8% per evaluation for ~0.1 s of reordering once. The prior gained ~9% but its 16 steps do not repay
+#   its ~35 ms of reordering in one image; SR-256 gained ~3%, SR-1024 nothing (session 22; docs/bench.md).
 
 
 class CascadePipeline:
@@ -315,7 +318,8 @@ class CascadePipeline:
             noise = torch.randn(shape, generator=generator)
         if self.channels_last and noise.dim() == 4:
             noise = noise.contiguous(memory_format=torch.channels_last)
-        with bf16_autocast(self.device.type, stage.network, role in self.bf16, role not in self.compiled, prepack=True):
+        with bf16_autocast(self.device.type, stage.network, role in self.bf16, role not in self.compiled,
+                           prepack=role in PREPACKED):
             return stage.sample(shape, cond, uncond, generator=generator, noise=noise.to(self.device),
                                 sampling=sampling, progress=self.progress).float()
 
@@ -494,7 +498,7 @@ class CascadePipeline:
         cond = self._decoder_cond(image_embed, text, torch.zeros(B, dtype=torch.bool), drop)
         uncond = self._decoder_cond(image_embed, text, torch.ones(B, dtype=torch.bool), drop)
         with bf16_autocast(self.device.type, dec.network, "decoder" in self.bf16, "decoder" not in self.compiled,
-                          prepack=True):
+                          prepack="decoder" in PREPACKED):
             return dec.invert(x0.to(self.device), cond, uncond, sampling=sampling,
                               steps=max(INVERSION_STEPS, sampling.steps), progress=self.progress).float().cpu()
 

@@ -44,7 +44,8 @@ def _layers(module: torch.nn.Module) -> list[torch.nn.Module]:
 def test_prepacked_layers_compute_what_autocast_does(role):
     """Under bf16 autocast without autograd, the prepacked convolutions and linears give the
     autocast path's output (bit for bit where bf16 is native: the same kernels on the same
-    operands), over several calls with the packs reused, and every patched layer is restored."""
+    operands), over several calls with the packs reused, every patched layer is restored, and
+    packs kept from an earlier context are not used once the weights change."""
     if role == "decoder":
         net, x, t, cond = _decoder_and_inputs()
         run = lambda: net(x, t, **net.prepare_condition(cond))  # noqa: E731
@@ -58,19 +59,33 @@ def test_prepacked_layers_compute_what_autocast_does(role):
         net, run = sr, lambda: sr(x, torch.tensor([300.0]), lowres=low, aug_level=torch.tensor([0.1]))  # noqa: E731
     with torch.inference_mode(), bf16_autocast("cpu", net):
         plain = run()
-    with torch.inference_mode(), bf16_autocast("cpu", net), onednn_prepacked(net) as calls:
+    with torch.inference_mode(), onednn_prepacked(net) as calls, bf16_autocast("cpu", net):
         packed = [run(), run()]
     convs = [m for m in _layers(net) if isinstance(m, torch.nn.Conv2d)]
     # both calls, each over most convolutions (not the scale-shift-folded ones of a norm-free level) and the linears
     assert len(convs) > 3 and calls[0] >= len(convs)
     assert plain.dtype == packed[0].dtype and plain.shape == packed[0].shape and plain.std() > 0.01
     for out in packed:
-        if native_bf16():
-            assert torch.equal(out, plain)
-        else:
-            torch.testing.assert_close(out.float(), plain.float(), rtol=0, atol=2e-2 * plain.abs().max().item())
+        _same(out, plain)
     assert all("forward" not in m.__dict__ for m in net.modules())
     assert all(p.dtype == torch.float32 for p in net.parameters())
+    # the packs outlive the context, and follow the weights: changed in place, they are packed anew
+    with torch.no_grad():
+        for m in convs[:3]:
+            m.weight.mul_(-1.5)
+    with torch.inference_mode(), bf16_autocast("cpu", net):
+        changed = run()
+    with torch.inference_mode(), bf16_autocast("cpu", net, prepack=True):
+        repacked = run()
+    assert (changed.float() - plain.float()).abs().max() > 0.05 * plain.abs().max()
+    _same(repacked, changed)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> None:
+    if native_bf16():
+        assert torch.equal(a, b)
+    else:
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2e-2 * b.abs().max().item())
 
 
 @needs_onednn
@@ -100,12 +115,14 @@ def test_prepacking_steps_aside_where_it_does_not_apply():
 
 @needs_onednn
 def test_the_pipeline_prepacks_its_bf16_stages(micro_config, monkeypatch):
-    """`CascadePipeline` samples its bf16 stages on prepacked weights, and its images are those of
-    the unpacked path."""
+    """`CascadePipeline` samples its bf16 decoder on prepacked weights (`PREPACKED`: the stage where
+    reordering pays), in generation and inversion alike, and its images are those of the unpacked path."""
     import contextlib
 
     import cascade.hardware as hardware_module
-    from cascade.pipeline import CascadePipeline
+    from PIL import Image
+
+    from cascade.pipeline import PREPACKED, CascadePipeline
 
     pipe = CascadePipeline.from_config(micro_config, seed=0, progress=False, bf16=True)
     g = torch.Generator().manual_seed(1)
@@ -124,7 +141,9 @@ def test_the_pipeline_prepacks_its_bf16_stages(micro_config, monkeypatch):
 
     monkeypatch.setattr(hardware_module, "onednn_prepacked", spy)
     packed = pipe("a red circle", seed=3, final_size=256, return_intermediates=True)
-    assert len(counts) >= 3 and all(c > 0 for c in counts)  # prior, decoder, SR-256
+    pipe.variations(Image.new("RGB", (64, 64), (200, 30, 30)), 1, seed=1, final_size=64)
+    assert PREPACKED == {"decoder"}
+    assert sorted(c > 0 for c in counts) == [False, False, True, True, True]  # the decoder's three runs only
     monkeypatch.setattr(hardware_module, "onednn_prepacked",
                         lambda module, enabled=True: contextlib.nullcontext([0]))
     plain = pipe("a red circle", seed=3, final_size=256, return_intermediates=True)
