@@ -89,9 +89,16 @@ _SHAPES_KEPT = 2  # per convolution: the newest input shapes' packs (a batch siz
 
 
 def _identity(m: torch.nn.Module) -> tuple:
-    """Which weights `m` holds: storage and version of its weight and bias (a changed, reloaded or
-    trained weight has another one, and its packs are dropped)."""
-    return tuple(None if p is None else (p.data_ptr(), p._version, p.dtype) for p in (m.weight, m.bias))
+    """Which weights `m` holds: its weight and bias tensors (by weak reference: a replaced parameter,
+    even one at a reused address, is another), their storage and version (a weight changed in place,
+    reloaded, trained, cast or moved has another). Packs made for another identity are dropped."""
+    return tuple(None if p is None else (weakref.ref(p), p.data_ptr(), p._version, p.dtype)
+                 for p in (m.weight, m.bias))
+
+
+def _same_identity(a: tuple, b: tuple) -> bool:
+    return all((x is None and y is None) or (x is not None and y is not None and x[0]() is not None
+                                             and x[0]() is y[0]() and x[1:] == y[1:]) for x, y in zip(a, b))
 
 
 def _prepacked_forward(m: torch.nn.Module, packs: dict, count: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -150,7 +157,7 @@ def onednn_prepacked(module: torch.nn.Module, enabled: bool = True) -> Iterator[
             if eligible and not getattr(m, "hold_fp32", False) and "forward" not in m.__dict__:
                 identity = _identity(m)
                 held = _PACKS.get(m)
-                if held is None or held[0] != identity:
+                if held is None or not _same_identity(held[0], identity):
                     held = _PACKS[m] = (identity, {})
                 m.forward = _prepacked_forward(m, held[1], count)
                 patched.append(m)

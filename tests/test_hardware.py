@@ -69,10 +69,11 @@ def test_prepacked_layers_compute_what_autocast_does(role):
         _same(out, plain)
     assert all("forward" not in m.__dict__ for m in net.modules())
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    # the packs outlive the context, and follow the weights: changed in place, they are packed anew
+    # the packs outlive the context, and follow the weights: changed in place or replaced, they are packed anew
     with torch.no_grad():
         for m in convs[:3]:
             m.weight.mul_(-1.5)
+        convs[3].weight = torch.nn.Parameter(convs[3].weight.flip(0).contiguous())  # another tensor
     with torch.inference_mode(), bf16_autocast("cpu", net):
         changed = run()
     with torch.inference_mode(), bf16_autocast("cpu", net, prepack=True):
