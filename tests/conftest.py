@@ -40,6 +40,25 @@ def micro_config():
 
 
 @pytest.fixture(scope="session")
+def unzeroed():
+    """`unzeroed(config, **kw)`: a micro cascade with its zero-initialised output layers filled in (else
+    every UNet outputs 0 and two computations that should agree agree trivially)."""
+    def build(config, **kw):
+        from cascade.pipeline import CascadePipeline
+
+        pipe = CascadePipeline.from_config(config, seed=0, progress=False, **kw)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for role in ("decoder", "sr256"):
+                for p in pipe.stages[role].network.parameters():
+                    if not p.any():
+                        p.copy_(0.05 * torch.randn(p.shape, generator=g))
+        return pipe
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def micro_pipe(micro_config):
     from cascade.pipeline import CascadePipeline
 

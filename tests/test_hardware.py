@@ -115,7 +115,7 @@ def test_prepacking_steps_aside_where_it_does_not_apply():
 
 
 @needs_onednn
-def test_the_pipeline_prepacks_its_bf16_stages(micro_config, monkeypatch):
+def test_the_pipeline_prepacks_its_bf16_stages(micro_config, unzeroed, monkeypatch):
     """`CascadePipeline` samples its bf16 decoder on prepacked weights (`PREPACKED`: the stage where
     reordering pays), in generation and inversion alike, and its images are those of the unpacked path."""
     import contextlib
@@ -123,15 +123,9 @@ def test_the_pipeline_prepacks_its_bf16_stages(micro_config, monkeypatch):
     import cascade.hardware as hardware_module
     from PIL import Image
 
-    from cascade.pipeline import PREPACKED, CascadePipeline
+    from cascade.pipeline import PREPACKED
 
-    pipe = CascadePipeline.from_config(micro_config, seed=0, progress=False, bf16=True)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for role in ("decoder", "sr256"):
-            for p in pipe.stages[role].network.parameters():
-                if not p.any():
-                    p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    pipe = unzeroed(micro_config, bf16=True)
     real, counts = hardware_module.onednn_prepacked, []
 
     @contextlib.contextmanager

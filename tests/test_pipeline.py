@@ -394,29 +394,17 @@ def test_model_files_are_readable_by_others(micro_dir):
             assert f.stat().st_mode & 0o044, f  # not mkstemp's 0600
 
 
-def _unzeroed(config, **kw):
-    """The micro cascade with its zero-initialised output layers filled in (else every UNet outputs 0)."""
-    pipe = CascadePipeline.from_config(config, seed=0, progress=False, **kw)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for role in ("decoder", "sr256"):
-            for p in pipe.stages[role].network.parameters():
-                if not p.any():
-                    p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    return pipe
-
-
-def test_channels_last_and_bf16_stages(micro_config, monkeypatch):
+def test_channels_last_and_bf16_stages(micro_config, monkeypatch, unzeroed):
     """Channels-last UNets (the default) compute what NCHW ones do; bf16 applies to the stages named
     and moves their output a little, not the stages before them."""
     import cascade.pipeline as pipeline_module
 
-    default = _unzeroed(micro_config)
+    default = unzeroed(micro_config)
     for native, expected in ((True, {"prior", "decoder", "sr256", "sr1024"}), (False, set())):  # the default: bf16 where
         monkeypatch.setattr(pipeline_module, "native_bf16", lambda device, native=native: native)  # it is native
         assert default.bf16 == expected, native
     monkeypatch.undo()
-    cl, nchw = _unzeroed(micro_config, bf16=False), _unzeroed(micro_config, channels_last=False, bf16=False)
+    cl, nchw = unzeroed(micro_config, bf16=False), unzeroed(micro_config, channels_last=False, bf16=False)
     assert cl.channels_last and not nchw.channels_last and not cl.bf16
     conv = next(p for p in cl.stages["sr256"].network.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
@@ -434,7 +422,7 @@ def test_channels_last_and_bf16_stages(micro_config, monkeypatch):
         CascadePipeline(cl.clip, cl.stages, bf16={"sr512"})
 
 
-def test_bf16_stages_hold_their_weights_in_bf16_only_while_they_run(micro_config, monkeypatch):
+def test_bf16_stages_hold_their_weights_in_bf16_only_while_they_run(micro_config, monkeypatch, unzeroed):
     """Under autocast the weights are cast to bf16 at every call anyway (autocast caches no casts
     under inference_mode): holding them in bf16 for the run gives the same images bit for bit, for
     generation and for variations (the decoder's DDIM inversion), and leaves fp32 weights behind."""
@@ -442,7 +430,7 @@ def test_bf16_stages_hold_their_weights_in_bf16_only_while_they_run(micro_config
 
     import cascade.hardware as hardware_module
 
-    pipe = _unzeroed(micro_config, bf16=True)
+    pipe = unzeroed(micro_config, bf16=True)
     src = Image.new("RGB", (64, 64), (200, 30, 30))
     kw = dict(seed=2, final_size=256, return_intermediates=True)
     seen = []
@@ -469,11 +457,11 @@ def test_bf16_stages_hold_their_weights_in_bf16_only_while_they_run(micro_config
     assert all(p.dtype == torch.float32 for s in pipe.stages.values() for p in s.network.parameters())
 
 
-def test_compiled_stage_draws_what_the_eager_one_does(micro_config, tmp_path):
+def test_compiled_stage_draws_what_the_eager_one_does(micro_config, tmp_path, unzeroed):
     """compile={"sr256"} runs that stage's network through torch.compile: the same images within
     fp32 rounding, the other stages untouched, and the weights save as before (no wrapper keys)."""
-    eager = _unzeroed(micro_config, bf16=False)
-    compiled = _unzeroed(micro_config, bf16=False, compile="sr256")
+    eager = unzeroed(micro_config, bf16=False)
+    compiled = unzeroed(micro_config, bf16=False, compile="sr256")
     assert compiled.compiled == {"sr256"} and eager.compiled == frozenset()
     assert compiled.stages["sr256"].denoiser.network is not compiled.stages["sr256"].network
     assert compiled.stages["decoder"].denoiser.network is compiled.stages["decoder"].network
