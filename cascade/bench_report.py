@@ -100,9 +100,10 @@ def _prepack_line(result: dict[str, Any]) -> str:
     if "prepacked" not in result:
         return ""
     if result["prepacked"]:
-        return (" cascade's bf16 mode also runs its convolutions and linears on weights prepacked once for oneDNN "
-                "(`cascade.hardware.onednn_prepacked`), as its pipeline does; the peers' libraries do not, so "
-                "they run without (`--no-prepack` times cascade without it too).")
+        return (" cascade's decoder runs its convolutions and linears in the bf16 mode on weights prepacked once "
+                "for oneDNN and kept (`cascade.hardware.onednn_prepacked`), as its pipeline runs it "
+                "(`cascade.pipeline.PREPACKED`; the other stages do not repay the packing within one image); the "
+                "peers' libraries do not prepack, so they run without (`--no-prepack` times cascade without it too).")
     return " cascade ran without its oneDNN weight prepacking (`--no-prepack`), as the peers do."
 
 
