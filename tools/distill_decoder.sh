@@ -14,7 +14,8 @@
 #
 # Resumable: run it again and each phase continues from its last checkpoint (`touch
 # STATE_DIR/run-guided/STOP` stops with a checkpoint). MAX_MINUTES bounds each phase of this call.
-# LR_SCHEDULE=cosine anneals the guided phase's learning rate to 0 at GUIDED_STEPS (default: constant;
+# LAYOUT sets the student's blocks per level (default "[0, 2, 3]"; e.g. LAYOUT="[1, 2, 2]", which keeps a block at
+# the 16² top level). LR_SCHEDULE=cosine anneals the guided phase's learning rate to 0 at GUIDED_STEPS (default: constant;
 # on a resume the cosine picks up where its curve is at the resumed step).
 # The student's EMA weights land in STATE_DIR/student/decoder at each checkpoint. Ship them only
 # once `MODEL=STATE_DIR/student PARTS=main tools/eval_shipped.sh OUT` is within noise of
@@ -27,13 +28,14 @@ mkdir -p "$state"
 state=$(cd "$state" && pwd)
 export CASCADE_EMBEDDING_CACHE=${CASCADE_EMBEDDING_CACHE:-$state/cache}
 config=$state/decoder-layout.toml
-python - "$here/configs/shapes.toml" "$config" <<'EOF'
+python - "$here/configs/shapes.toml" "$config" "${LAYOUT:-[0, 2, 3]}" <<'EOF'
 import sys
 src = open(sys.argv[1]).read()
 old = "num_res_blocks = 2\nattention_resolutions"
 if old not in src:
     sys.exit(f"{sys.argv[1]}: the decoder's 'num_res_blocks = 2' line is not where this script expects it")
-open(sys.argv[2], "w").write(src.replace(old, "num_res_blocks = [0, 2, 3]\nsubpixel_upsample = true\nattention_resolutions", 1))
+new = f"num_res_blocks = {sys.argv[3]}\nsubpixel_upsample = true\nattention_resolutions"
+open(sys.argv[2], "w").write(src.replace(old, new, 1))
 EOF
 [ -d "$state/teacher" ] || cp -r "$here/cascade/weights/shapes" "$state/teacher"
 if [ ! -d "$state/student" ]; then
