@@ -19,7 +19,6 @@ inside the timed call, so that they run at the same internal resolution as casca
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import statistics
@@ -32,12 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 try:
-    from .hardware import bf16_autocast, bf16_weights, onednn_prepacked
+    from .hardware import bf16_autocast, bf16_held
 except ImportError:  # run by path in the peers' environment: the sibling file (it needs only torch)
     import os
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from hardware import bf16_autocast, bf16_weights, onednn_prepacked
+    from hardware import bf16_autocast, bf16_held
 
 MODES = ("fp32", "fp32_cl", "bf16_cl")  # fp32 NCHW is the plain baseline; the pipeline runs channels-last
 PRIOR_MODES = ("fp32", "bf16_cl")  # no convolutions: channels-last means nothing to the prior
@@ -149,14 +148,12 @@ class Runner:
                 self.run(mode)
             return (time.perf_counter() - t0) * 1e3 / (n * self.evaluations)
 
-    @contextlib.contextmanager
     def _held_weights(self, mode: str):
         """The bf16 modes' weights held in bf16 (and, with `prepack`, prepacked) across several calls
         (each call's own `bf16_autocast` then finds nothing left to do), as the pipeline holds them
         across a stage's steps; compiled modes keep theirs (their graphs were traced with fp32 weights)."""
-        hold = mode.startswith("bf16") and not mode.endswith(COMPILED)
-        with onednn_prepacked(self.module, enabled=hold and self.prepack), bf16_weights(self.module, enabled=hold):
-            yield
+        return bf16_held(self.module, enabled=mode.startswith("bf16") and not mode.endswith(COMPILED),
+                         prepack=self.prepack)
 
     def flops(self, mode: str = "fp32") -> int:
         from torch.utils.flop_counter import FlopCounterMode

@@ -169,15 +169,22 @@ def onednn_prepacked(module: torch.nn.Module, enabled: bool = True) -> Iterator[
 
 
 @contextlib.contextmanager
+def bf16_held(module: torch.nn.Module, enabled: bool = True, prepack: bool = False) -> Iterator[None]:
+    """Within: `module`'s weights held in bf16 (`bf16_weights`) and, with `prepack`, prepacked for oneDNN
+    (`onednn_prepacked`, entered first: its packs are kept against the fp32 weights, not the bf16 copies)."""
+    with onednn_prepacked(module, enabled=enabled and prepack), bf16_weights(module, enabled=enabled):
+        yield
+
+
+@contextlib.contextmanager
 def bf16_autocast(device_type: str, module: torch.nn.Module, enabled: bool = True,
                   hold_weights: bool = True, prepack: bool = False) -> Iterator[None]:
     """Run `module` under bf16 autocast (when `enabled`) with its weights held in bf16 meanwhile
-    (`bf16_weights`; not with `hold_weights=False`, e.g. for a torch.compile'd module, whose graphs
+    (`bf16_held`; not with `hold_weights=False`, e.g. for a torch.compile'd module, whose graphs
     would recompile for the other dtype), and with `prepack` on weights prepacked for oneDNN
     (`onednn_prepacked`: cascade's pipeline; the bench's peers run without)."""
-    hold = enabled and hold_weights
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled), \
-            onednn_prepacked(module, enabled=hold and prepack), bf16_weights(module, enabled=hold):
+            bf16_held(module, enabled=enabled and hold_weights, prepack=prepack):
         yield
 
 
