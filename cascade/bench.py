@@ -146,10 +146,13 @@ def cascade_runner(role: str, network: dict[str, Any], network_class: str, batch
     once per sampling run (`prepare_condition`: the prior's text prefix, the decoder's context
     tokens and conditioning embedding), so one timed call is that preparation and then
     min(`steps`, AMORTISED) evaluations, and its time and FLOPs are reported per evaluation (the
-    decoder's 50 steps would spread the preparation thinner still)."""
+    decoder's 50 steps would spread the preparation thinner still). Its bf16 mode prepacks the
+    weights where the pipeline does (`cascade.pipeline.PREPACKED`), unless `prepack` is false."""
     from .config import from_dict
+    from .pipeline import PREPACKED
     from .stage import network_class as lookup
 
+    prepack = prepack and role in PREPACKED
     cls = lookup(network_class, role)
     torch.manual_seed(0)
     net = cls(from_dict(cls.config_class, network, where=f"{role}.network"))
@@ -195,10 +198,7 @@ def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[P
     network = sized(spec["network"], role, size)
     batch = spec["batch"]
     kind = KIND[role]
-    from .pipeline import PREPACKED
-
-    runner = cascade_runner(role, network, spec["class"], batch, spec.get("steps", 1),
-                            prepack=prepack and role in PREPACKED)  # as the pipeline runs it
+    runner = cascade_runner(role, network, spec["class"], batch, spec.get("steps", 1), prepack=prepack)
     entry: dict[str, Any] = {
         "network": role, "size": size, "batch": batch, "network_config": network,
         "input_shapes": {k: list(v.shape) for k, v in runner.inputs.items()},
