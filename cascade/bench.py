@@ -31,7 +31,8 @@ from typing import Any, Optional
 
 import torch
 
-from .bench_worker import COMPILED, DTYPE_OF_MODE, Runner, make_inputs, matmul_peak, median, modes_for
+from .bench_worker import (COMPILED, DTYPE_OF_MODE, Runner, machine_probe, make_inputs, matmul_peak, median,
+                           modes_for)
 from .bench_report import render_markdown, summarize
 from .hardware import native_bf16, peak_rss_mb
 
@@ -239,10 +240,13 @@ def bench_network(role: str, size: str, spec: dict[str, Any], client: Optional[P
     # Switching a module's mode (its memory format) happens outside the timed calls.
     cases = [(mode, impl) for mode in modes for impl in impls]
     samples: dict[str, dict[str, list[float]]] = {mode: {impl: [] for impl in impls} for mode in modes}
+    probes = [machine_probe()]  # the machine's speed before the first round and after every round
     for r in range(repeats):
         shift = r * (len(impls) + 1) % len(cases)  # each round starts one mode and one implementation further on
         for mode, impl in cases[shift:] + cases[:shift]:
             samples[mode][impl].append(once(impl, mode))
+        probes.append(machine_probe())
+    entry["machine_probe_gflops"] = probes
     for mode in modes:
         entry["samples"][mode] = samples[mode]
         entry["ms"][mode] = {impl: median(v) for impl, v in samples[mode].items()}

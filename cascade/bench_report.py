@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any, Optional
 
 from .bench_worker import COMPILED
@@ -47,6 +48,37 @@ def speedups(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SLOWED = 0.7  # a round ran on a slowed machine when a probe beside it read below 70% of the run's fp32 matmul speed
+
+
+def probe_reference(result: dict[str, Any]) -> Optional[float]:
+    """The run's full fp32 matmul speed: its measured peak, or a faster probe (GFLOP/s)."""
+    probes = [g for e in result.get("networks", []) for g in e.get("machine_probe_gflops", [])]
+    return max([result["matmul_peak_gflops"]["fp32"]] + probes) if probes else None
+
+
+def slowed_rounds(entry: dict[str, Any], result: dict[str, Any]) -> Optional[list[bool]]:
+    """Per timing round of one network: whether the machine ran slowed in it (the slower of the probes
+    before and after the round below SLOWED of the run's full speed). None for a JSON without probes
+    (before session 23)."""
+    probes = entry.get("machine_probe_gflops")
+    if not probes:
+        return None
+    limit = SLOWED * probe_reference(result)
+    return [min(probes[r], probes[r + 1]) < limit for r in range(len(probes) - 1)]
+
+
+def unslowed(entry: dict[str, Any], result: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """`speedups` from the medians of the rounds the machine did not run slowed in (supplementary: the
+    targets are judged on every round). None without probes, or with fewer than 3 such rounds."""
+    slowed = slowed_rounds(entry, result)
+    if slowed is None or len(slowed) - sum(slowed) < 3:
+        return None
+    keep = [r for r, s in enumerate(slowed) if not s]
+    ms = {m: {i: statistics.median(xs[r] for r in keep) for i, xs in by.items()} for m, by in entry["samples"].items()}
+    return speedups({**entry, "ms": ms})
+
+
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """The `summary` object: the smallest speedups over the networks, text -> 1024 seconds, peak RSS, targets."""
     rows = [(f"{e['network']}/{e['size']}", speedups(e)) for e in result.get("networks", [])]
@@ -67,6 +99,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     out["min_speedup_same_mode"], out["min_speedup_same_mode_case"] = value, case
     out["speedups"] = {name: {"vs_pipeline": s["vs_pipeline"], "best_vs_best": s["best_vs_best"],
                               "same_mode": s["same_mode"], "faster_peer": s["faster_peer"]} for name, s in rows}
+    machine = {f"{e['network']}/{e['size']}": (slowed_rounds(e, result), unslowed(e, result))
+               for e in result.get("networks", [])}
+    if any(sl is not None for sl, _ in machine.values()):
+        out["slowed_rounds"] = {name: sum(sl) for name, (sl, _) in machine.items() if sl is not None}
+        ratios = [(u["vs_pipeline"], name) for name, (_, u) in machine.items() if u]
+        out["min_speedup_vs_peers_unslowed"], out["min_speedup_unslowed_network"] = min(ratios) if ratios else (None, None)
     v = out["min_speedup_vs_peers"]
     out["speedup_target_reached"] = None if v is None else v >= SPEEDUP_TARGET
     e2e = result.get("e2e")
@@ -164,6 +202,32 @@ def speedup_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def machine_table(result: dict[str, Any]) -> list[str]:
+    """How fast the machine ran during each network's rounds, and each ratio with and without its slow rounds."""
+    ref = probe_reference(result)
+    if ref is None:
+        return []
+    lines = ["| network | size | probe, median / slowest (% of full speed) | slowed rounds | ratio, all rounds "
+             "| ratio, unslowed rounds |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for e in result["networks"]:
+        probes = e.get("machine_probe_gflops")
+        if not probes:
+            continue
+        slowed, s, u = slowed_rounds(e, result), speedups(e), unslowed(e, result)
+        lines.append(f"| {e['network']} | {e['size']} | {100 * statistics.median(probes) / ref:.0f}% / "
+                     f"{100 * min(probes) / ref:.0f}% | {sum(slowed)} of {len(slowed)} "
+                     f"| {_x(s['vs_pipeline']) if s else '–'} | {_x(u['vs_pipeline']) if u and s else '–'} |")
+    lines += ["", f"A probe is one 2048² fp32 matmul, taken before a network's first round and after each round "
+              f"(`cascade.bench_worker.machine_probe`); full speed is {ref:.0f} GFLOP/s, the run's best. A round ran "
+              f"slowed when the slower probe beside it read below {100 * SLOWED:.0f}% of it. A virtual machine shares "
+              "its host, and in its slow stretches (seconds to minutes) the fastest code can lose the most: in "
+              "session 22's first run cascade's bf16 decoder took ~1.9× its time, diffusers' ~1.4×. The ratios "
+              "are cascade at its pipeline's defaults against the faster peer at its best mode, the medians over "
+              "all rounds (the targets' figure) and over the unslowed rounds alone (– with fewer than 3 of those): "
+              "what the machine's slow stretches account for, not a second target."]
+    return lines
+
+
 def slower_cases(result: dict[str, Any]) -> list[str]:
     """Every network and mode where a peer beat cascade, with the numbers (same mode, and the
     peer's best mode against cascade's pipeline settings)."""
@@ -227,6 +291,9 @@ def render_markdown(result: dict[str, Any]) -> str:
                  f"({s['cascade_best_mode']})" for e in result["networks"] if (s := speedups(e))]
         L += ["cascade's own gain from its best mode over its pipeline's defaults: "
               + ", ".join(gains) + ".", ""]
+        machine = machine_table(result)
+        if machine:
+            L += ["## The machine's speed during the rounds", ""] + machine + [""]
         slower = slower_cases(result)
         L += ["Where a peer was faster than cascade:", ""] + (slower or ["- nowhere: cascade was the fastest in "
                                                                           "every network and mode."]) + [""]
@@ -303,8 +370,8 @@ METHOD = [
     "ratios, the mean block count per level): diffusers with the largest base width that is a multiple of 8 "
     "(odd widths run its bf16 convolutions far below peak) and does not exceed cascade's parameter count, "
     "DALLE2-pytorch with the base width nearest it. That ratio compares layouts at equal size, not kernels: the same-layout comparison of "
-    "session 15 was 0.97× (SR-256) and 0.99× (SR-1024). cascade's SR-256 has no norm layers at its top level "
-    "(`norm_free_levels = 1`, session 20); the peers keep theirs (GroupNorm everywhere, as they build it).",
+    "session 15 was 0.97× (SR-256) and 0.99× (SR-1024). cascade's SR-256 has no norm layers (at its top level "
+    "since session 20, at every level since session 22: `norm_free_levels`); the peers keep theirs (GroupNorm everywhere, as they build it).",
     "- **DALLE2-pytorch** `DiffusionPriorNetwork`: cascade's depth, heads and head width; its embeddings are as wide "
     "as its transformer, so it reads width-wide inputs; its SwiGLU `ff_mult` is set so that the parameter count "
     "matches cascade's.",

@@ -183,6 +183,23 @@ def matmul_peak(threads: int, n: int = 2048, repeats: int = 5, bf16: bool = True
     return out
 
 
+_PROBE_OPERANDS: dict[int, tuple[Tensor, Tensor]] = {}
+
+
+def machine_probe(n: int = 2048) -> float:
+    """How fast this machine runs right now: fp32 GFLOP/s of one n×n @ n×n product (~60 ms here). The
+    bench takes one before its first timing round of a network and one after every round, to tell the
+    rounds a shared virtual machine ran slowed from the others. fp32 because it steps most clearly: on
+    session 23's AMX Xeon the slow stretches took fp32 products from ~300 to ~170 GFLOP/s, while bf16's
+    wandered between 700 and 2,100 either way."""
+    if n not in _PROBE_OPERANDS:
+        _PROBE_OPERANDS[n] = (torch.randn(n, n), torch.randn(n, n))
+    a, b = _PROBE_OPERANDS[n]
+    t0 = time.perf_counter()
+    torch.matmul(a, b)
+    return 2 * n**3 / (time.perf_counter() - t0) / 1e9
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

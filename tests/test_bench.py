@@ -232,3 +232,31 @@ def test_peak_rss_is_the_childs_own_not_its_parents():
     del ballast
     assert inherited > 1024, "ru_maxrss no longer carries the parent's peak here: the premise changed"
     assert 10 < own < inherited - 500, (own, inherited)
+
+
+def test_rounds_on_a_slowed_machine_are_told_apart():
+    """The probes between rounds mark the rounds a slow stretch of the machine fell on; the report
+    gives each ratio over all rounds (the targets' figure) and over the unslowed rounds."""
+    from cascade.bench_report import slowed_rounds, unslowed
+
+    result = _result()
+    sr = result["networks"][1]
+    # five rounds; the machine slowed (probe 50 of 100 GFLOP/s) after round 2 and stayed slow in round 3
+    sr["machine_probe_gflops"] = [100, 98, 95, 50, 90, 99]
+    sr["samples"] = {m: {i: [v, v, v, 3 * v, v] for i, v in by.items()} for m, by in sr["ms"].items()}
+    sr["samples"]["bf16_cl"]["cascade"] = [50, 60, 500, 500, 50]
+    sr["ms"]["bf16_cl"]["cascade"] = 60  # the median of all five: 60 / 60 against diffusers
+    assert slowed_rounds(sr, result) == [False, False, True, True, False]
+    u = unslowed(sr, result)
+    assert u["vs_pipeline"] == pytest.approx(60 / 50) and u["faster_peer"] == "diffusers"
+    sr["machine_probe_gflops"] = [100, 50, 50, 50, 50, 100]  # too few unslowed rounds left to say
+    assert unslowed(sr, result) is None
+    sr["machine_probe_gflops"] = [100, 98, 95, 50, 90, 99]
+    result["summary"] = s = summarize(result)
+    assert s["slowed_rounds"] == {"sr256/shipped": 2}
+    assert s["min_speedup_vs_peers"] == pytest.approx(1.0) and s["min_speedup_network"] == "sr256/shipped"
+    assert s["min_speedup_vs_peers_unslowed"] == pytest.approx(1.2)
+    md = render_markdown(result)
+    assert "## The machine's speed during the rounds" in md and "| sr256 | shipped | 96% / 50% | 2 of 5 | 1.00× | 1.20× |" in md
+    del sr["machine_probe_gflops"]  # a JSON from before the probes
+    assert "slowed_rounds" not in summarize(result) and "speed during the rounds" not in render_markdown(result)
