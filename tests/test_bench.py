@@ -148,6 +148,8 @@ def test_a_tiny_run_of_cascade_alone(tmp_path):
     assert prior["batch"] == 4 and decoder["batch"] == 2  # one image: guidance halves x prior candidates
     assert decoder["flops"]["cascade"] > 0 and 0 < decoder["peak_fraction"]["fp32"]["cascade"] < 1.5
     assert result["summary"]["min_speedup_vs_peers"] is None and result["peers"] is None
+    assert len(decoder["machine_probe_gflops"]) == 2 and min(decoder["machine_probe_gflops"]) > 0  # 1 round
+    assert result["summary"]["slowed_rounds"].keys() == {"prior/shipped", "decoder/shipped"}
 
 
 def test_every_round_times_every_mode(tmp_path, monkeypatch):
