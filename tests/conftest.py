@@ -70,3 +70,12 @@ def micro_dir(micro_pipe, tmp_path_factory):
     path = tmp_path_factory.mktemp("micro") / "model"
     micro_pipe.save_pretrained(path)
     return path
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Add noise to every parameter: zero-initialised layers and nulls would hide differences."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()

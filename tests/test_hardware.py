@@ -9,6 +9,8 @@ from cascade.config import from_dict
 from cascade.hardware import bf16_autocast, native_bf16, onednn_prepacked, onednn_prepacking_available
 from stages import Decoder, DecoderConfig, SuperRes, SuperResConfig
 
+from conftest import perturbed
+
 needs_onednn = pytest.mark.skipif(not onednn_prepacking_available(), reason="this torch has no oneDNN prepacked ops")
 
 TINY_DECODER = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, head_dim=16, image_size=16,
@@ -16,16 +18,8 @@ TINY_DECODER = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, he
                     text_layers=1, text_heads=4, text_vocab_size=100, norm="layer")
 
 
-def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
 def _decoder_and_inputs(batch: int = 2):
-    net = _perturbed(Decoder(from_dict(DecoderConfig, TINY_DECODER))).to(memory_format=torch.channels_last)
+    net = perturbed(Decoder(from_dict(DecoderConfig, TINY_DECODER))).to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
     mask = torch.ones(batch, 6, dtype=torch.bool)
@@ -50,7 +44,7 @@ def test_prepacked_layers_compute_what_autocast_does(role):
         net, x, t, cond = _decoder_and_inputs()
         run = lambda: net(x, t, **net.prepare_condition(cond))  # noqa: E731
     else:
-        sr = _perturbed(SuperRes(from_dict(SuperResConfig, dict(
+        sr = perturbed(SuperRes(from_dict(SuperResConfig, dict(
             model_channels=32, channel_mult=(1, 2), num_res_blocks=(0, 2), subpixel_upsample=True, patch_size=2,
             norm="layer", norm_free_levels=1)))).to(memory_format=torch.channels_last)
         g = torch.Generator().manual_seed(2)

@@ -22,6 +22,8 @@ from stages import (
     SuperResConfig,
 )
 
+from conftest import perturbed
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 B = 3
 D = 16  # CLIP embedding width of the tiny configs
@@ -34,15 +36,6 @@ TINY_DECODER = dict(
     TINY_UNET, image_size=16, attention_resolutions=(8,), embed_dim=D, context_dim=32, text_context=CONTEXT,
     text_width=TOKEN_WIDTH, text_layers=1, text_heads=4, text_vocab_size=100,
 )
-
-
-def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Add noise to every parameter: zero-initialised layers and nulls would hide differences."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
 
 
 def prior_inputs(seed: int = 1) -> dict:
