@@ -108,7 +108,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     if any(sl is not None for sl, _ in machine.values()):
         out["slowed_rounds"] = {name: sum(sl) for name, (sl, _) in machine.items() if sl is not None}
         ratios = [(u["vs_pipeline"], name) for name, (_, u) in machine.items() if u]
-        out["min_speedup_vs_peers_unslowed"], out["min_speedup_unslowed_network"] = min(ratios) if ratios else (None, None)
+        out["min_speedup_vs_peers_unslowed"], out["min_speedup_unslowed_network"] = (min(ratios) if ratios
+                                                                                      else (None, None))
     v = out["min_speedup_vs_peers"]
     out["speedup_target_reached"] = None if v is None else v >= SPEEDUP_TARGET
     e2e = result.get("e2e")
@@ -222,9 +223,9 @@ def machine_table(result: dict[str, Any]) -> list[str]:
                      f"{100 * min(probes) / ref:.0f}% | {sum(slowed)} of {len(slowed)} "
                      f"| {_x(s['vs_pipeline']) if s else '–'} | {_x(u['vs_pipeline']) if u and s else '–'} |")
     lines += ["", f"A probe is one 2048² fp32 matmul, taken before a network's first round and after each round "
-              f"(`cascade.bench_worker.machine_probe`); full speed is {ref:.0f} GFLOP/s, the 90th percentile of the run's probes. A round ran "
-              f"slowed when the slower probe beside it read below {100 * SLOWED:.0f}% of it. The probe cannot tell why (other "
-              "tenants of a virtual machine's host, or the CPU's own clock after heavy matrix work); in such "
+              f"(`cascade.bench_worker.machine_probe`); full speed is {ref:.0f} GFLOP/s, the 90th percentile of the "
+              f"run's probes. A round ran slowed when the slower probe beside it read below {100 * SLOWED:.0f}% of "
+              "it. The probe cannot tell why (other tenants of a virtual machine's host, or the CPU's own clock after heavy matrix work); in such "
               "stretches (seconds to minutes) the fastest code can lose the most: in session 22's first run "
               "cascade's bf16 decoder took ~1.9× its time, diffusers' ~1.4×. The ratios "
               "are cascade at its pipeline's defaults against the faster peer at its best mode, the medians over "
@@ -376,7 +377,8 @@ METHOD = [
     "(odd widths run its bf16 convolutions far below peak) and does not exceed cascade's parameter count, "
     "DALLE2-pytorch with the base width nearest it. That ratio compares layouts at equal size, not kernels: the same-layout comparison of "
     "session 15 was 0.97× (SR-256) and 0.99× (SR-1024). cascade's SR-256 has no norm layers (at its top level "
-    "since session 20, at every level since session 22: `norm_free_levels`); the peers keep theirs (GroupNorm everywhere, as they build it).",
+    "since session 20, at every level since session 22: `norm_free_levels`); the peers keep theirs (GroupNorm "
+    "everywhere, as they build it).",
     "- **DALLE2-pytorch** `DiffusionPriorNetwork`: cascade's depth, heads and head width; its embeddings are as wide "
     "as its transformer, so it reads width-wide inputs; its SwiGLU `ff_mult` is set so that the parameter count "
     "matches cascade's.",

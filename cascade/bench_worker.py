@@ -190,8 +190,8 @@ def machine_probe(n: int = 2048) -> float:
     """How fast this machine runs right now: fp32 GFLOP/s of one n×n @ n×n product (~60 ms here). The
     bench takes one before its first timing round of a network and one after every round, to tell the
     rounds a shared virtual machine ran slowed from the others. fp32 because it steps most clearly: on
-    session 23's AMX Xeon the slow stretches took fp32 products from ~300 to ~170 GFLOP/s, while bf16's
-    wandered between 700 and 2,100 either way."""
+    session 23's AMX Xeon the slow stretches took fp32 products from 244–324 to 166–177 GFLOP/s, while
+    bf16's read 670–730 in them and anywhere from 700 to 2,200 outside."""
     if n not in _PROBE_OPERANDS:
         _PROBE_OPERANDS[n] = (torch.randn(n, n), torch.randn(n, n))
     a, b = _PROBE_OPERANDS[n]
