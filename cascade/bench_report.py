@@ -225,9 +225,10 @@ def machine_table(result: dict[str, Any]) -> list[str]:
     lines += ["", f"A probe is one 2048² fp32 matmul, taken before a network's first round and after each round "
               f"(`cascade.bench_worker.machine_probe`); full speed is {ref:.0f} GFLOP/s, the 90th percentile of the "
               f"run's probes. A round ran slowed when the slower probe beside it read below {100 * SLOWED:.0f}% of "
-              "it. The probe cannot tell why (other tenants of a virtual machine's host, or the CPU's own clock after heavy matrix work); in such "
-              "stretches (seconds to minutes) the fastest code can lose the most: in session 22's first run "
-              "cascade's bf16 decoder took ~1.9× its time, diffusers' ~1.4×. The ratios "
+              "it. The probe cannot tell why (other tenants of a virtual machine's host, or the CPU's own clock "
+              "after heavy matrix work); in such stretches (seconds to minutes) the fastest code can lose the "
+              "most: in session 22's first run cascade's bf16 decoder took ~1.9× its time, diffusers' ~1.4×. "
+              "The ratios "
               "are cascade at its pipeline's defaults against the faster peer at its best mode, the medians over "
               "all rounds (the targets' figure) and over the unslowed rounds alone (– with fewer than 3 of those): "
               "what the machine's slow stretches account for, not a second target."]
